@@ -1,0 +1,43 @@
+"""realflow: a dataflow-graph execution engine for LLM post-training.
+
+`graphs/` and `interfaces/` sit at the top of the repository (they are the
+plug-in points users read first) and install as `realflow.graphs` and
+`realflow.interfaces`.
+"""
+from setuptools import find_packages, setup
+
+packages = find_packages(include=["realflow", "realflow.*"])
+packages += ["realflow.graphs", "realflow.interfaces"]
+
+setup(
+    name="realflow",
+    version="0.1.0",
+    description="Dataflow-graph execution engine for LLM post-training",
+    python_requires=">=3.10",
+    packages=packages,
+    package_dir={"realflow.graphs": "graphs", "realflow.interfaces": "interfaces"},
+    package_data={"realflow.assets": ["tokenizer/*.json", "*.json", "*.jsonl"]},
+    include_package_data=True,
+    install_requires=[
+        # The CPU wheel torch==2.13.0 is taken via constraints.txt; the range keeps
+        # a resolver from pulling an untested major release.
+        "torch>=2.4,<2.15",
+        "transformers>=4.51,<6",
+        "tokenizers>=0.21",
+        "datasets>=3.0,<6",
+        "networkx>=3.2",
+        "pyzmq>=25",
+        "omegaconf>=2.3,<2.5",
+        "safetensors>=0.4",
+        "tqdm>=4.66",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
+        "bench": ["trl>=0.20", "matplotlib>=3.8"],
+        "ray": ["ray[default]>=2.40"],
+        "megatron": ["megatron-core==0.16.1"],
+        "plot": ["matplotlib>=3.8", "tensorboard>=2.16"],
+    },
+    entry_points={"console_scripts": ["realflow=realflow.apps.cli:main"]},
+)
