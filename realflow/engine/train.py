@@ -1,0 +1,150 @@
+"""The single-process train / inference engine of one model.
+
+`TrainEngine.train_batch` splits a `SequenceSample` into micro-batches, runs
+forward and backward on each, accumulates gradients so that the result equals one
+step on the whole batch with the loss averaged over *loss tokens* (not over
+micro-batches), clips the gradient norm, steps AdamW and the LR schedule, and
+returns statistics. `forward` runs inference micro-batch by micro-batch and gives
+the outputs back in the original sample order.
+
+Deliberately not here: data parallelism and the megatron-core backend (they wrap
+this same contract), and any loss: the interface passes `loss_fn`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+
+from realflow.api.config import OptimizerConfig
+from realflow.api.data import MicroBatchSpec, SequenceSample
+from realflow.api.errors import DataError
+from realflow.engine.optim import make_lr_scheduler, make_optimizer
+
+# loss_fn(model_output, micro_batch) -> (loss averaged over the mb's loss tokens, stats)
+LossFn = Callable[[torch.Tensor, SequenceSample], "tuple[torch.Tensor, dict[str, float]]"]
+# loss_weight_fn(micro_batch) -> number of loss tokens (the weight of its mean loss)
+WeightFn = Callable[[SequenceSample], float]
+# post_fn(model_output, micro_batch) -> a per-token tensor to keep (e.g. logprobs)
+PostFn = Callable[[torch.Tensor, SequenceSample], torch.Tensor]
+
+
+class InferenceEngine:
+    """Forward passes without gradients, micro-batched, outputs in sample order."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    @torch.no_grad()
+    def forward(
+        self,
+        sample: SequenceSample,
+        mb_spec: MicroBatchSpec,
+        post_fn: PostFn | None = None,
+        input_key: str = "packed_input_ids",
+    ) -> torch.Tensor:
+        """Outputs for every token of `input_key`, packed in the original order.
+
+        `post_fn` reduces the model output of one micro-batch to what is kept (it must
+        keep one row per input token); the default keeps the raw output.
+        """
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            mbs, _, backward = sample.split_mbs(mb_spec, key=input_key)
+            pieces: list[torch.Tensor] = []
+            for mb in mbs:
+                out = self.module(mb.data[input_key], mb.cu_seqlens(input_key))
+                out = out if post_fn is None else post_fn(out, mb)
+                if out.shape[0] != mb.total_len(input_key):
+                    raise DataError(
+                        f"post_fn returned {out.shape[0]} rows for a micro-batch of "
+                        f"{mb.total_len(input_key)} tokens of '{input_key}'"
+                    )
+                # One piece per sample, in micro-batch order.
+                pieces.extend(out.split(mb.token_counts(input_key)))
+        finally:
+            self.module.train(was_training)
+        return torch.cat([pieces[i] for i in backward], dim=0)
+
+
+class TrainEngine(InferenceEngine):
+    """AdamW training of one module with gradient accumulation over micro-batches."""
+
+    def __init__(self, module: torch.nn.Module, cfg: OptimizerConfig, total_steps: int) -> None:
+        super().__init__(module)
+        if total_steps < 1:
+            raise DataError(f"TrainEngine needs total_steps >= 1 for its LR schedule, got {total_steps}")
+        self.cfg = cfg
+        self.total_steps = total_steps
+        enable = getattr(module, "enable_flat_grads", None)
+        if enable is not None:
+            enable()
+        self.optimizer = make_optimizer(module.named_parameters(), cfg)
+        self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg, total_steps)
+        self.version = 0  # optimizer steps taken: the parameter version
+        self.skipped_steps = 0
+
+    def train_batch(
+        self,
+        sample: SequenceSample,
+        mb_spec: MicroBatchSpec,
+        loss_fn: LossFn,
+        loss_weight_fn: WeightFn,
+        input_key: str = "packed_input_ids",
+    ) -> dict[str, float]:
+        """One optimizer step on `sample`; returns loss, grad_norm, lr and loss stats.
+
+        Statistics returned by `loss_fn` are averaged over micro-batches with the
+        same weights as the loss.
+        """
+        self.module.train()
+        mbs, _, _ = sample.split_mbs(mb_spec, key=input_key)
+        weights = [float(loss_weight_fn(mb)) for mb in mbs]
+        total = sum(weights)
+        if not total > 0:
+            raise DataError(f"train_batch: the batch has no loss tokens (weights per micro-batch: {weights})")
+        self.module.zero_grad(set_to_none=False)
+        stats: dict[str, float] = {}
+        loss_sum = 0.0
+        for mb, w in zip(mbs, weights):
+            if w == 0:
+                continue
+            out = self.module(mb.data[input_key], mb.cu_seqlens(input_key))
+            loss, mb_stats = loss_fn(out, mb)
+            (loss * (w / total)).backward()
+            loss_sum += float(loss.detach()) * w / total
+            for k, v in mb_stats.items():
+                stats[k] = stats.get(k, 0.0) + float(v) * w / total
+        grad_norm = self._clip_and_step()
+        stats.update(loss=loss_sum, grad_norm=grad_norm, lr=self.optimizer.param_groups[0]["lr"])
+        return stats
+
+    def _clip_and_step(self) -> float:
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        max_norm = self.cfg.gradient_clipping if self.cfg.gradient_clipping > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not math.isfinite(grad_norm):
+            # A non-finite gradient would poison AdamW's moments: skip the update but
+            # keep the schedule moving so resumed runs stay aligned.
+            self.skipped_steps += 1
+        else:
+            self.optimizer.step()
+        self.lr_scheduler.step()
+        self.version += 1
+        return grad_norm
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "version": self.version,
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.version = int(state["version"])
+        self.skipped_steps = int(state["skipped_steps"])
