@@ -20,7 +20,10 @@ import torch
 from realflow.api.config import OptimizerConfig
 from realflow.api.data import MicroBatchSpec, SequenceSample
 from realflow.api.errors import DataError
+from realflow.api.generation import GenerationConfig, GenerationResult
 from realflow.engine.optim import make_lr_scheduler, make_optimizer
+from realflow.model import save_hf_checkpoint
+from realflow.model.generate import generate as model_generate
 
 # loss_fn(model_output, micro_batch) -> (loss averaged over the mb's loss tokens, stats)
 LossFn = Callable[[torch.Tensor, SequenceSample], "tuple[torch.Tensor, dict[str, float]]"]
@@ -33,8 +36,34 @@ PostFn = Callable[[torch.Tensor, SequenceSample], torch.Tensor]
 class InferenceEngine:
     """Forward passes without gradients, micro-batched, outputs in sample order."""
 
-    def __init__(self, module: torch.nn.Module) -> None:
+    def __init__(self, module: torch.nn.Module, seed: int = 0) -> None:
         self.module = module
+        self.version = 0  # optimizer steps taken: the parameter version
+        # Sampling draws from its own generator so runs are reproducible by seed
+        # whatever else consumes torch's global RNG.
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    def generate(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_cu_seqlens: torch.Tensor,
+        gconfig: GenerationConfig,
+        eos_token_id: int | None,
+        pad_token_id: int | None = None,
+    ) -> GenerationResult:
+        """Continuations of packed prompts (see realflow.model.generate)."""
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            return model_generate(
+                self.module, prompt_ids, prompt_cu_seqlens, gconfig, eos_token_id, pad_token_id, self.generator
+            )
+        finally:
+            self.module.train(was_training)
+
+    def save_hf(self, save_dir: str) -> None:
+        """Write the model as a Hugging Face checkpoint directory."""
+        save_hf_checkpoint(self.module, save_dir)
 
     @torch.no_grad()
     def forward(
@@ -72,8 +101,8 @@ class InferenceEngine:
 class TrainEngine(InferenceEngine):
     """AdamW training of one module with gradient accumulation over micro-batches."""
 
-    def __init__(self, module: torch.nn.Module, cfg: OptimizerConfig, total_steps: int) -> None:
-        super().__init__(module)
+    def __init__(self, module: torch.nn.Module, cfg: OptimizerConfig, total_steps: int, seed: int = 0) -> None:
+        super().__init__(module, seed)
         if total_steps < 1:
             raise DataError(f"TrainEngine needs total_steps >= 1 for its LR schedule, got {total_steps}")
         self.cfg = cfg
@@ -83,7 +112,6 @@ class TrainEngine(InferenceEngine):
             enable()
         self.optimizer = make_optimizer(module.named_parameters(), cfg)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg, total_steps)
-        self.version = 0  # optimizer steps taken: the parameter version
         self.skipped_steps = 0
 
     def train_batch(
@@ -141,6 +169,7 @@ class TrainEngine(InferenceEngine):
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "version": self.version,
             "skipped_steps": self.skipped_steps,
+            "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -148,3 +177,4 @@ class TrainEngine(InferenceEngine):
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.version = int(state["version"])
         self.skipped_steps = int(state["skipped_steps"])
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,147 @@
+"""Experiments: what an algorithm file in `graphs/` declares, and their registry.
+
+An experiment is a typed config dataclass plus a function from that config to an
+`ExperimentSpec`: the MFC list, how to build each model role, and the data set.
+Runners (in-process, distributed) take an `ExperimentSpec` and a `RunConfig`; they
+never look inside the algorithm.
+
+    @register_experiment("sft", SFTConfig)
+    def sft(cfg: SFTConfig) -> ExperimentSpec: ...
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, TypeVar
+
+from realflow.api.config import OptimizerConfig
+from realflow.api.dfg import MFCDef
+from realflow.api.errors import ConfigError
+from realflow.api.registry import Registry
+
+
+@dataclass
+class ModelArch:
+    """A random-initialised model, used when `ModelSpec.path` is not given.
+
+    Family names are those of `realflow.model` (llama, qwen2, gpt2, ...). The
+    vocabulary size is taken from the tokenizer when `vocab_size` is 0.
+    """
+
+    family: str = "qwen2"
+    n_layers: int = 4
+    hidden_dim: int = 128
+    n_q_heads: int = 4
+    n_kv_heads: int = 4
+    intermediate_dim: int = 512
+    vocab_size: int = 0
+    n_positions: int = 512
+    tied_embedding: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "hidden_dim", "n_q_heads", "n_kv_heads", "intermediate_dim", "n_positions"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model arch: {name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_dim % self.n_q_heads or self.n_q_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"model arch: hidden_dim={self.hidden_dim} must divide by n_q_heads={self.n_q_heads}, "
+                f"and n_q_heads by n_kv_heads={self.n_kv_heads}"
+            )
+
+
+@dataclass
+class ModelSpec:
+    """How to build one model role.
+
+    `path` is a local Hugging Face directory; without it the model is random from
+    `arch`. `init_from` names another role whose *initial* weights this role copies
+    (a reference model from the actor; a critic from the actor, whose LM head is
+    replaced by a value head). `optimizer=None` means the role is never trained.
+    """
+
+    path: str | None = None
+    arch: ModelArch = field(default_factory=ModelArch)
+    is_critic: bool = False
+    init_from: str | None = None
+    optimizer: OptimizerConfig | None = None
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DatasetSpec:
+    """A registered data set (`realflow.api.dataset`) and its arguments.
+
+    With `path=None` the bundled arithmetic task is generated in the format the
+    data set expects.
+    """
+
+    name: str = "prompt"
+    path: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    """Settings of a run that do not belong to any algorithm."""
+
+    experiment_name: str = "realflow"
+    trial_name: str = "trial0"
+    seed: int = 1
+    n_steps: int = 10
+    fileroot: str = "runs"
+    tokenizer_path: str | None = None  # None: the tokenizer bundled with realflow
+    save_freq_steps: int = 0  # 0: save only at the end
+    log_jsonl: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_steps < 1:
+            raise ConfigError(f"run.n_steps must be >= 1, got {self.n_steps}")
+
+
+@dataclass
+class ExperimentSpec:
+    """What an experiment function returns."""
+
+    mfcs: list[MFCDef]
+    models: dict[str, ModelSpec]
+    dataset: DatasetSpec
+
+    def __post_init__(self) -> None:
+        roles = {m.model_name.role for m in self.mfcs}
+        missing = sorted(roles - set(self.models))
+        if missing:
+            raise ConfigError(
+                f"experiment: MFCs use model role(s) {missing} that have no ModelSpec; "
+                f"specified roles: {sorted(self.models)}"
+            )
+        for role, spec in self.models.items():
+            if spec.init_from is not None and spec.init_from not in self.models:
+                raise ConfigError(f"model '{role}': init_from '{spec.init_from}' is not a model role")
+
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class Experiment(Generic[C]):
+    name: str
+    config_cls: type[C]
+    build: Callable[[C], ExperimentSpec]
+
+    def default_config(self) -> C:
+        return self.config_cls()
+
+
+EXPERIMENTS: Registry[Experiment[Any]] = Registry("experiment")
+
+
+def register_experiment(name: str, config_cls: type) -> Callable[[Callable[[Any], ExperimentSpec]], Callable]:
+    """Decorator: register `fn(config) -> ExperimentSpec` under `name`."""
+    if not dataclasses.is_dataclass(config_cls):
+        raise ConfigError(f"experiment '{name}': config class {config_cls!r} must be a dataclass")
+
+    def deco(fn: Callable[[Any], ExperimentSpec]) -> Callable[[Any], ExperimentSpec]:
+        EXPERIMENTS.register(name, Experiment(name, config_cls, fn))
+        return fn
+
+    return deco
