@@ -127,7 +127,9 @@ def apply_overrides(cfg: C, overrides: Sequence[str]) -> C:
         result = OmegaConf.to_object(merged)
     except ConfigKeyError as e:
         valid = ", ".join(_valid_keys(cfg))
-        raise ConfigError(f"unknown config key '{e.full_key}'; valid keys: {valid}") from None
+        culprit = next((o for o in overrides if o.split("=", 1)[0].startswith(str(e.full_key))), None)
+        where = f"override '{culprit}': " if culprit else ""
+        raise ConfigError(f"{where}unknown config key '{e.full_key}'; valid keys: {valid}") from None
     except OmegaConfBaseException as e:
         msg = str(e).splitlines()[0]
         raise ConfigError(f"bad value for '{getattr(e, 'full_key', '?')}': {msg}") from None

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, TypeVar
 
 from realflow.api.config import OptimizerConfig
-from realflow.api.dfg import MFCDef
+from realflow.api.data import MicroBatchSpec
+from realflow.api.dfg import MFCDef, MFCKind
 from realflow.api.errors import ConfigError
 from realflow.api.registry import Registry
 
@@ -54,7 +55,8 @@ class ModelSpec:
     """How to build one model role.
 
     `path` is a local Hugging Face directory; without it the model is random from
-    `arch`. `init_from` names another role whose *initial* weights this role copies
+    `arch`. `model_free=True` builds nothing: for roles whose interface needs no
+    weights (rule-based rewards); its `Model` has no module and no engine. `init_from` names another role whose *initial* weights this role copies
     (a reference model from the actor; a critic from the actor, whose LM head is
     replaced by a value head). `optimizer=None` means the role is never trained.
     """
@@ -65,19 +67,24 @@ class ModelSpec:
     init_from: str | None = None
     optimizer: OptimizerConfig | None = None
     gradient_checkpointing: bool = False
+    model_free: bool = False
 
 
 @dataclass
 class DatasetSpec:
     """A registered data set (`realflow.api.dataset`) and its arguments.
 
-    With `path=None` the bundled arithmetic task is generated in the format the
-    data set expects.
+    With `path=None` the bundled arithmetic task (realflow.tasks.arithmetic) is
+    generated in the format the data set expects, with `arithmetic_n_train`
+    problems of `arithmetic_difficulty` ("easy", "default", "hard" or e.g.
+    "add=2,mul=1").
     """
 
     name: str = "prompt"
     path: str | None = None
     args: dict[str, Any] = field(default_factory=dict)
+    arithmetic_n_train: int = 4096
+    arithmetic_difficulty: str = "default"
 
 
 @dataclass
@@ -99,6 +106,24 @@ class RunConfig:
 
 
 @dataclass
+class BaseExperimentConfig:
+    """Fields every built-in experiment config has (algorithms add their own).
+
+    `n_seqs` is the batch size in samples (prompts) of every MFC; `n_mbs` and
+    `max_tokens_per_mb` the micro-batch split (`realflow.api.data.MicroBatchSpec`).
+    """
+
+    run: RunConfig = field(default_factory=RunConfig)
+    n_seqs: int = 32
+    n_mbs: int = 1
+    max_tokens_per_mb: int | None = None
+
+    @property
+    def mb_spec(self) -> MicroBatchSpec:
+        return MicroBatchSpec(n_mbs=self.n_mbs, max_tokens_per_mb=self.max_tokens_per_mb)
+
+
+@dataclass
 class ExperimentSpec:
     """What an experiment function returns."""
 
@@ -114,9 +139,14 @@ class ExperimentSpec:
                 f"experiment: MFCs use model role(s) {missing} that have no ModelSpec; "
                 f"specified roles: {sorted(self.models)}"
             )
+        for mfc in self.mfcs:
+            if self.models[mfc.role].model_free and mfc.kind is MFCKind.TRAIN_STEP:
+                raise ConfigError(f"MFC '{mfc.name}' trains model role '{mfc.role}', which is model_free")
         for role, spec in self.models.items():
             if spec.init_from is not None and spec.init_from not in self.models:
                 raise ConfigError(f"model '{role}': init_from '{spec.init_from}' is not a model role")
+            if spec.init_from is not None and self.models[spec.init_from].model_free:
+                raise ConfigError(f"model '{role}': init_from '{spec.init_from}' is model_free and has no weights")
 
 
 C = TypeVar("C")
@@ -137,8 +167,11 @@ EXPERIMENTS: Registry[Experiment[Any]] = Registry("experiment")
 
 def register_experiment(name: str, config_cls: type) -> Callable[[Callable[[Any], ExperimentSpec]], Callable]:
     """Decorator: register `fn(config) -> ExperimentSpec` under `name`."""
-    if not dataclasses.is_dataclass(config_cls):
-        raise ConfigError(f"experiment '{name}': config class {config_cls!r} must be a dataclass")
+    if not dataclasses.is_dataclass(config_cls) or "run" not in {f.name for f in dataclasses.fields(config_cls)}:
+        raise ConfigError(
+            f"experiment '{name}': config class {config_cls!r} must be a dataclass with a `run: RunConfig` field "
+            "(derive it from BaseExperimentConfig)"
+        )
 
     def deco(fn: Callable[[Any], ExperimentSpec]) -> Callable[[Any], ExperimentSpec]:
         EXPERIMENTS.register(name, Experiment(name, config_cls, fn))

@@ -39,6 +39,7 @@ class Engine(Protocol):
         mb_spec: MicroBatchSpec,
         post_fn: Callable[[torch.Tensor, SequenceSample], torch.Tensor] | None = None,
         input_key: str = "packed_input_ids",
+        output_layout: str = "token",
     ) -> torch.Tensor: ...
 
     def train_batch(

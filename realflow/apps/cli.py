@@ -1,7 +1,9 @@
 """The `realflow` command line.
 
-    realflow demo                  # what exists so far, on the bundled arithmetic task
-    realflow <subcommand> --help
+    realflow demo                     # the quickstart on the bundled arithmetic task
+    realflow run <experiment> key=value ...
+    realflow graph <experiment> --out graph.png
+    realflow list
 
 Subcommands are registered in one table; each is a small function taking the
 parsed arguments.
@@ -9,13 +11,18 @@ parsed arguments.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Callable, Sequence
 
-from realflow.apps import demo
+from realflow.api.errors import RealflowError
+from realflow.apps import demo, experiments
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "demo": ("run a short demo of realflow on the bundled arithmetic task", demo.add_arguments, demo.main),
+    "run": ("run an experiment in this process", experiments.add_run_arguments, experiments.main_run),
+    "graph": ("draw an experiment's graph to PNG or DOT", experiments.add_graph_arguments, experiments.main_graph),
+    "list": ("list the registered experiments", experiments.add_list_arguments, experiments.main_list),
 }
 
 
@@ -30,7 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return COMMANDS[args.command][2](args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return COMMANDS[args.command][2](args)
+    except RealflowError as e:
+        # One clear line for bad input; tracebacks are for bugs.
+        print(f"realflow: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

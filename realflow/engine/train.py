@@ -33,12 +33,26 @@ WeightFn = Callable[[SequenceSample], float]
 PostFn = Callable[[torch.Tensor, SequenceSample], torch.Tensor]
 
 
+OUTPUT_LAYOUTS = ("token", "action", "sequence")
+
+
+def _rows_per_sample(mb: SequenceSample, key: str, layout: str) -> list[int]:
+    lens = [mb.seqlens_of(key, i) for i in range(mb.bs)]
+    if layout == "token":
+        return [sum(x) for x in lens]
+    if layout == "action":
+        return [sum(x) - len(x) for x in lens]
+    if layout == "sequence":
+        return [len(x) for x in lens]
+    raise DataError(f"output_layout '{layout}' is not one of {list(OUTPUT_LAYOUTS)}")
+
+
 class InferenceEngine:
     """Forward passes without gradients, micro-batched, outputs in sample order."""
 
     def __init__(self, module: torch.nn.Module, seed: int = 0) -> None:
         self.module = module
-        self.version = 0  # optimizer steps taken: the parameter version
+        self.version = 0  # train steps taken (see TrainEngine.end_step): the parameter version
         # Sampling draws from its own generator so runs are reproducible by seed
         # whatever else consumes torch's global RNG.
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -72,11 +86,14 @@ class InferenceEngine:
         mb_spec: MicroBatchSpec,
         post_fn: PostFn | None = None,
         input_key: str = "packed_input_ids",
+        output_layout: str = "token",
     ) -> torch.Tensor:
-        """Outputs for every token of `input_key`, packed in the original order.
+        """Outputs of the model on `input_key`, packed in the original sample order.
 
-        `post_fn` reduces the model output of one micro-batch to what is kept (it must
-        keep one row per input token); the default keeps the raw output.
+        `post_fn` reduces the model output of one micro-batch to what is kept. Its
+        rows follow `output_layout`: "token" (one per input token, the default),
+        "action" (one per predicted token: L - 1 per sequence, see
+        realflow.interfaces.functional.packing) or "sequence" (one per sequence).
         """
         was_training = self.module.training
         self.module.eval()
@@ -86,13 +103,13 @@ class InferenceEngine:
             for mb in mbs:
                 out = self.module(mb.data[input_key], mb.cu_seqlens(input_key))
                 out = out if post_fn is None else post_fn(out, mb)
-                if out.shape[0] != mb.total_len(input_key):
+                rows = _rows_per_sample(mb, input_key, output_layout)
+                if out.shape[0] != sum(rows):
                     raise DataError(
-                        f"post_fn returned {out.shape[0]} rows for a micro-batch of "
-                        f"{mb.total_len(input_key)} tokens of '{input_key}'"
+                        f"post_fn returned {out.shape[0]} rows for a micro-batch that needs {sum(rows)} "
+                        f"in the '{output_layout}' layout of '{input_key}'"
                     )
-                # One piece per sample, in micro-batch order.
-                pieces.extend(out.split(mb.token_counts(input_key)))
+                pieces.extend(out.split(rows))  # one piece per sample, in micro-batch order
         finally:
             self.module.train(was_training)
         return torch.cat([pieces[i] for i in backward], dim=0)
@@ -123,6 +140,8 @@ class TrainEngine(InferenceEngine):
         input_key: str = "packed_input_ids",
     ) -> dict[str, float]:
         """One optimizer step on `sample`; returns loss, grad_norm, lr and loss stats.
+
+        The learning rate and `version` move in `end_step`, not here.
 
         Statistics returned by `loss_fn` are averaged over micro-batches with the
         same weights as the loss.
@@ -159,9 +178,17 @@ class TrainEngine(InferenceEngine):
             self.skipped_steps += 1
         else:
             self.optimizer.step()
+        return grad_norm
+
+    def end_step(self) -> None:
+        """Close one train step of the algorithm: bump the version, advance the LR.
+
+        An interface may call `train_batch` several times in one step (PPO
+        mini-batches); they share the step's learning rate. The runner calls this
+        once the train MFC of the step has finished.
+        """
         self.lr_scheduler.step()
         self.version += 1
-        return grad_norm
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -53,7 +53,10 @@ def _n_loss_tokens(mb: SequenceSample) -> float:
 
 def _train(model: torch.nn.Module, sample: SequenceSample, spec: MicroBatchSpec, steps: int = 2, **cfg):
     engine = TrainEngine(model, OptimizerConfig(lr=1e-2, **cfg), total_steps=10)
-    stats = [engine.train_batch(sample, spec, _next_token_loss, _n_loss_tokens) for _ in range(steps)]
+    stats = []
+    for _ in range(steps):
+        stats.append(engine.train_batch(sample, spec, _next_token_loss, _n_loss_tokens))
+        engine.end_step()
     return engine, stats
 
 
@@ -121,14 +124,17 @@ def test_resume_continues_exactly():
     straight = TrainEngine(copy.deepcopy(base), OptimizerConfig(lr=1e-2, warmup_steps_proportion=0.5), total_steps=4)
     for s in samples:
         straight.train_batch(s, MicroBatchSpec(n_mbs=2), _next_token_loss, _n_loss_tokens)
+        straight.end_step()
     first = TrainEngine(copy.deepcopy(base), OptimizerConfig(lr=1e-2, warmup_steps_proportion=0.5), total_steps=4)
     for s in samples[:2]:
         first.train_batch(s, MicroBatchSpec(n_mbs=2), _next_token_loss, _n_loss_tokens)
+        first.end_step()
     model2 = copy.deepcopy(first.module)
     second = TrainEngine(model2, OptimizerConfig(lr=1e-2, warmup_steps_proportion=0.5), total_steps=4)
     second.load_state_dict(copy.deepcopy(first.state_dict()))
     for s in samples[2:]:
         second.train_batch(s, MicroBatchSpec(n_mbs=2), _next_token_loss, _n_loss_tokens)
+        second.end_step()
     assert second.version == straight.version == 4
     for a, b in zip(straight.module.parameters(), second.module.parameters()):
         assert torch.equal(a, b)
@@ -158,3 +164,26 @@ def test_weight_decay_spares_vectors():
     opt = make_optimizer(_Toy().named_parameters(), OptimizerConfig(weight_decay=0.1))
     decays = {p.dim(): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     assert decays == {2: 0.1, 1: 0.0}
+
+
+@pytest.mark.parametrize("layout", ["action", "sequence"])
+def test_forward_other_layouts(layout):
+    torch.manual_seed(0)
+    model = _Toy()
+    sample = _batch(n=6)
+    cu = sample.cu_seqlens("packed_input_ids").tolist()
+    full = model(sample.data["packed_input_ids"], sample.cu_seqlens("packed_input_ids"))[:, 0]
+    if layout == "action":  # drop each sequence's last row
+        expected = torch.cat([full[a : b - 1] for a, b in zip(cu, cu[1:])])
+    else:  # keep each sequence's last row
+        expected = full[torch.tensor(cu[1:]) - 1]
+
+    def post(out, mb):
+        mcu = mb.cu_seqlens("packed_input_ids").tolist()
+        o = out[:, 0]
+        if layout == "action":
+            return torch.cat([o[a : b - 1] for a, b in zip(mcu, mcu[1:])])
+        return o[torch.tensor(mcu[1:]) - 1]
+
+    out = InferenceEngine(model).forward(sample, MicroBatchSpec(n_mbs=3), post_fn=post, output_layout=layout)
+    torch.testing.assert_close(out, expected)

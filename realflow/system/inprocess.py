@@ -1,0 +1,247 @@
+"""The in-process runner: any experiment, one process, the real scheduler core.
+
+`run_inprocess(spec, run)` loads the tokenizer and the data set, builds every model
+role (ReaLModel) and its engine, validates the graph, and then steps it with the
+same `Scheduler` the distributed master drives: each ready MFC takes its input keys
+from the step's batch, calls its interface, and adds its outputs to the batch.
+Because everything lives in one process, a plain debugger can stop anywhere, which
+makes this both the debug mode and the fastest way to test an algorithm.
+
+Deliberately not here: processes, sockets, parallelism, data transfer. The
+distributed master and workers (realflow.system.master / worker) reuse the pieces
+below (`RoleSet`, `DataCursor`, `Scheduler`) across processes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import transformers
+
+import realflow.interfaces  # noqa: F401  (registers the built-in interfaces)
+from realflow.api.data import SequenceSample
+from realflow.api.dataset import DatasetUtility, make_dataset
+from realflow.api.dfg import MFCDef, MFCKind, build_graph, mfc_of, train_mfc_by_role
+from realflow.api.errors import ConfigError, InterfaceError
+from realflow.api.experiment import DatasetSpec, ExperimentSpec, RunConfig
+from realflow.api.interface import INTERFACES, Model, ModelInterface, make_interface
+from realflow.api.dfg import ModelName
+from realflow.api.scheduler import Scheduler
+from realflow.assets import tokenizer_path
+from realflow.engine.train import InferenceEngine, TrainEngine
+from realflow.model.builder import build_role_models
+from realflow.system.data_cursor import DataCursor
+from realflow.tasks.arithmetic import FILE_FOR_DATASET, write_arithmetic_task
+
+logger = logging.getLogger(__name__)
+
+
+def load_run_tokenizer(run: RunConfig) -> Any:
+    path = run.tokenizer_path or tokenizer_path()
+    if not Path(path).is_dir():
+        raise ConfigError(f"run.tokenizer_path '{path}' is not a directory holding a tokenizer")
+    return transformers.AutoTokenizer.from_pretrained(path)
+
+
+def build_dataset(spec: DatasetSpec, tokenizer: Any, run: RunConfig, work_dir: Path) -> Any:
+    """The data set of `spec`; with no path, the bundled arithmetic task is written first."""
+    source = spec.path
+    if source is None:
+        if spec.name not in FILE_FOR_DATASET:
+            raise ConfigError(
+                f"dataset '{spec.name}' has no path and the arithmetic task has no file for it; "
+                f"give dataset.path (the task has files for {sorted(FILE_FOR_DATASET)})"
+            )
+        paths = write_arithmetic_task(
+            work_dir / "data", n_train=spec.arithmetic_n_train, seed=run.seed, difficulty=spec.arithmetic_difficulty
+        )
+        source = paths[f"{FILE_FOR_DATASET[spec.name]}_train"]
+    util = DatasetUtility(tokenizer=tokenizer, seed=run.seed, dp_rank=0, world_size=1)
+    return make_dataset(spec.name, util, source=source, **spec.args)
+
+
+@dataclass
+class RoleSet:
+    """The models of an experiment with their engines, by role."""
+
+    models: dict[str, Model]
+
+    @classmethod
+    def build(cls, spec: ExperimentSpec, tokenizer: Any, run: RunConfig) -> RoleSet:
+        modules = build_role_models(
+            spec.models,
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            seed=run.seed,
+        )
+        trained = {m.role: m.name for m in spec.mfcs if m.kind is MFCKind.TRAIN_STEP}
+        models = {
+            role: Model(ModelName(role), None, tokenizer, None)  # type: ignore[arg-type]
+            for role, mspec in spec.models.items()
+            if mspec.model_free
+        }
+        for i, (role, module) in enumerate(sorted(modules.items())):
+            mspec = spec.models[role]
+            seed = run.seed * 7919 + i
+            if role in trained:
+                if mspec.optimizer is None:
+                    raise ConfigError(
+                        f"model role '{role}' is trained by MFC '{trained[role]}' but has no optimizer "
+                        f"(set models.{role}.optimizer)"
+                    )
+                engine: InferenceEngine = TrainEngine(module, mspec.optimizer, total_steps=run.n_steps, seed=seed)
+            else:
+                module.requires_grad_(False)
+                engine = InferenceEngine(module, seed=seed)
+            models[role] = Model(ModelName(role), module, tokenizer, engine)
+        return cls(models)
+
+
+@dataclass
+class MFCRecord:
+    """What one MFC call of one step did."""
+
+    step: int
+    mfc: str
+    seconds: float
+    n_seqs: int
+    n_tokens: int
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.n_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class RunResult:
+    records: list[MFCRecord]
+    models: dict[str, Model]
+    run_dir: Path
+
+    def stats(self, mfc: str, key: str) -> list[float]:
+        """The statistic `key` of `mfc`, step after step."""
+        return [r.stats[key] for r in self.records if r.mfc == mfc and key in r.stats]
+
+
+def _n_tokens(sample: SequenceSample) -> int:
+    return sample.total_len(sample.default_token_key()) if sample.keys else 0
+
+
+def call_mfc(mfc: MFCDef, interface: ModelInterface, model: Model, batch: SequenceSample) -> tuple[SequenceSample | None, dict[str, float]]:
+    """Run one MFC on `batch` (graph key names in and out); returns (outputs, stats)."""
+    inputs = batch.select(mfc.input_keys)
+    inputs.remap_keys_({g: i for g, i in mfc.input_rename.items() if g != i})
+    if mfc.kind is MFCKind.TRAIN_STEP:
+        stats = interface.train_step(model, inputs, mfc.mb_spec)
+        return None, dict(stats or {})
+    call = interface.generate if mfc.kind is MFCKind.GENERATE else interface.inference
+    out = call(model, inputs, mfc.mb_spec)
+    rename = mfc.output_rename
+    if out is None or not set(rename) <= out.keys:
+        got = sorted(out.keys) if out is not None else None
+        raise InterfaceError(
+            f"MFC '{mfc.name}': interface '{mfc.interface_type}' {mfc.kind.value} returned keys {got}, "
+            f"but the MFC declares outputs {sorted(rename)} (interface names)"
+        )
+    out = out.select(list(rename))
+    out.remap_keys_({i: g for i, g in rename.items() if i != g})
+    return out, {}
+
+
+class InProcessRunner:
+    """Builds an experiment and steps its graph in this process."""
+
+    def __init__(self, spec: ExperimentSpec, run: RunConfig) -> None:
+        self.spec = spec
+        self.run = run
+        self.run_dir = Path(run.fileroot) / run.experiment_name / run.trial_name
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(run.seed)
+        self.tokenizer = load_run_tokenizer(run)
+        self.dataset = build_dataset(spec.dataset, self.tokenizer, run, self.run_dir)
+        self.graph = build_graph(
+            spec.mfcs,
+            dataset_keys=sorted(self.dataset[0].keys),
+            known_interfaces=INTERFACES.names(),
+            known_models=[ModelName(r) for r in spec.models],
+        )
+        self.roles = RoleSet.build(spec, self.tokenizer, run)
+        self.interfaces = {m.name: make_interface(m.interface_type, **dict(m.interface_args)) for m in spec.mfcs}
+        self.train_mfcs = train_mfc_by_role(self.graph)
+        self.cursor = DataCursor(self.dataset, batch_size=spec.mfcs[0].n_seqs, seed=run.seed)
+        self.scheduler = Scheduler(self.graph, n_steps=run.n_steps)
+        self.records: list[MFCRecord] = []
+        self._log = (self.run_dir / "stats.jsonl").open("a") if run.log_jsonl else None
+
+    def run_all(self, on_step: Callable[[int, list[MFCRecord]], None] | None = None) -> RunResult:
+        batches: dict[int, SequenceSample] = {}
+        step_records: dict[int, list[MFCRecord]] = {}
+        try:
+            while self.scheduler.is_active():
+                ready = self.scheduler.get_ready()
+                if not ready:
+                    raise RuntimeError(f"scheduler stalled with nothing ready: running {self.scheduler.running()}")
+                step, name = ready[0]
+                if step not in batches:
+                    batches[step] = self.cursor.next_batch()
+                self.scheduler.start(step, name)
+                record = self._run_task(step, name, batches[step])
+                step_records.setdefault(step, []).append(record)
+                if self.scheduler.done(step, name):
+                    del batches[step]
+                    self._finish_step(step, step_records.pop(step), on_step)
+        finally:
+            if self._log is not None:
+                self._log.close()
+        self.save(self.run_dir / "checkpoints" / "final")
+        return RunResult(self.records, self.roles.models, self.run_dir)
+
+    def _run_task(self, step: int, name: str, batch: SequenceSample) -> MFCRecord:
+        mfc = mfc_of(self.graph, name)
+        model = self.roles.models[mfc.role]
+        t0 = time.perf_counter()
+        out, stats = call_mfc(mfc, self.interfaces[name], model, batch)
+        seconds = time.perf_counter() - t0
+        if out is not None:
+            batch.update_(out)
+        if mfc.kind is MFCKind.TRAIN_STEP:
+            model.engine.end_step()  # type: ignore[attr-defined]
+        return MFCRecord(step, name, seconds, batch.bs, _n_tokens(batch.select(mfc.input_keys)), stats)
+
+    def _finish_step(self, step: int, records: list[MFCRecord], on_step: Callable | None) -> None:
+        self.records.extend(records)
+        parts = [f"step {step + 1}/{self.run.n_steps} epoch {self.cursor.epoch + 1}"]
+        for r in records:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(r.stats.items())[:6])
+            parts.append(f"{r.mfc} {r.seconds * 1e3:.0f}ms {r.tokens_per_s:.0f}tok/s {shown}".rstrip())
+        logger.info(" | ".join(parts))
+        if self._log is not None:
+            for r in records:
+                self._log.write(json.dumps({"step": r.step, "mfc": r.mfc, "seconds": r.seconds,
+                                            "n_seqs": r.n_seqs, "n_tokens": r.n_tokens, **r.stats}) + "\n")
+            self._log.flush()
+        if self.run.save_freq_steps and (step + 1) % self.run.save_freq_steps == 0:
+            self.save(self.run_dir / "checkpoints" / f"step{step + 1}")
+        if on_step is not None:
+            on_step(step, records)
+
+    def save(self, root: Path) -> None:
+        """HF checkpoints of every trained role (plus the tokenizer)."""
+        for role, mfc_name in self.train_mfcs.items():
+            out = root / role
+            self.interfaces[mfc_name].save(self.roles.models[role], str(out))
+            self.tokenizer.save_pretrained(str(out))
+
+
+def run_inprocess(
+    spec: ExperimentSpec, run: RunConfig, on_step: Callable[[int, list[MFCRecord]], None] | None = None
+) -> RunResult:
+    """Run `spec` for `run.n_steps` steps in this process (see the module docstring)."""
+    return InProcessRunner(spec, run).run_all(on_step)
