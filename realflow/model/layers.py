@@ -1,0 +1,186 @@
+"""The three kinds of ReaLModel layers: embedding, transformer block, head.
+
+Each layer owns its parameters under short, stable names (the parameter-key
+contract of docs/model.md):
+
+    embedding  wte.weight, wpe.weight (absolute positions only)
+    block      attn.ln.{weight,bias}, attn.qkv.{weight,bias}, attn.o.{weight,bias},
+               mlp.ln.{weight,bias}, mlp.gate_up.{weight,bias} (gated) or
+               mlp.up.{weight,bias}, mlp.down.{weight,bias}
+    head       ln_f.{weight,bias}, head.weight (absent when tied to wte)
+
+(biases only where the config asks for them; LayerNorm has a bias, RMSNorm not).
+q/k/v and gate/up are fused along the output dimension in that order; the layout
+is owned by realflow.model.sharding.
+
+Activations are packed: (total_tokens, hidden) everywhere; no padding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from realflow.model.attention import PackedSeqs, decode_attention, packed_causal_attention
+from realflow.model.config import ReaLModelConfig
+from realflow.model.kv_cache import KVCache
+from realflow.model.rotary import apply_rotary
+
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+@dataclass
+class LayerContext:
+    """What every block of one forward call shares.
+
+    Packed mode (training, inference, prefill): `seqs` is set. Decode mode:
+    `cache.decoding` is true and there is one token per sequence.
+    """
+
+    seqs: PackedSeqs | None
+    cos: torch.Tensor | None  # (T, 1, head_dim) rotary, None for absolute positions
+    sin: torch.Tensor | None  # (T, 1, head_dim) signed sin, see rotary.rotary_cos_sin
+    cache: KVCache | None = None
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in float32, as Hugging Face's Llama does."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Written out: on CPU this beats F.rms_norm (not a fused kernel there) and is
+        # HF's formula op for op.
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def make_norm(config: ReaLModelConfig) -> nn.Module:
+    if config.norm_type == "rms":
+        return RMSNorm(config.hidden_dim, config.norm_eps)
+    return nn.LayerNorm(config.hidden_dim, eps=config.norm_eps)
+
+
+class Embedding(nn.Module):
+    """Layer 0: token (and absolute position) embeddings.
+
+    `tokens_only` builds just `wte`: the copy a pipeline stage holding a tied head
+    (but not layer 0) keeps under the same key, `0.wte.weight`.
+    """
+
+    def __init__(self, config: ReaLModelConfig, tokens_only: bool = False) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_dim)
+        with_positions = config.abs_position_embedding and not tokens_only
+        self.wpe = nn.Embedding(config.n_positions, config.hidden_dim) if with_positions else None
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        x = self.wte(input_ids)  # (T, hidden)
+        if self.wpe is not None:
+            x = x + self.wpe(position_ids)
+        return x
+
+
+def linear_residual(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """residual + linear(x), with the residual add riding in the GEMM (one op, not two)."""
+    out = torch.addmm(residual, x, linear.weight.t())
+    return out if linear.bias is None else out + linear.bias
+
+
+class Attention(nn.Module):
+    """Pre-norm self-attention with fused qkv: x -> x + o(attn(ln(x)))."""
+
+    def __init__(self, config: ReaLModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_q, self.n_kv, self.head_dim = config.n_q_heads, config.n_kv_heads, config.head_dim
+        self.scale = config.head_dim**-0.5
+        self.ln = make_norm(config)
+        self.qkv = nn.Linear(config.hidden_dim, sum(config.qkv_sections), bias=config.qkv_bias)
+        self.o = nn.Linear(config.q_dim, config.hidden_dim, bias=config.o_bias)
+
+    def forward(self, x: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+        t = x.shape[0]
+        qkv = F.linear(self.ln(x), self.qkv.weight, self.qkv.bias).view(t, self.n_q + 2 * self.n_kv, self.head_dim)
+        qk, v = qkv.split((self.n_q + self.n_kv, self.n_kv), dim=1)  # (T, heads, head_dim)
+        if ctx.cos is not None:
+            qk = apply_rotary(qk, ctx.cos, ctx.sin)  # q and k heads in one go
+        q, k = qk.split((self.n_q, self.n_kv), dim=1)
+        cache = ctx.cache
+        if cache is not None and cache.decoding:
+            k_all, v_all, bias = cache.append(self.layer_idx, k, v)
+            out = decode_attention(q, k_all, v_all, bias, self.scale)
+        else:
+            if cache is not None:
+                cache.store_prefill(self.layer_idx, k, v)
+            assert ctx.seqs is not None
+            out = packed_causal_attention(q, k, v, ctx.seqs, self.scale)
+        return linear_residual(x, out.reshape(t, self.n_q * self.head_dim), self.o)
+
+
+class MLP(nn.Module):
+    """Pre-norm feed-forward, gated (gate/up fused) or plain: x -> x + mlp(ln(x))."""
+
+    def __init__(self, config: ReaLModelConfig) -> None:
+        super().__init__()
+        self.ln = make_norm(config)
+        self.act = _ACTIVATIONS[config.activation]
+        self.gated = config.gated_mlp
+        width = config.intermediate_dim
+        if self.gated:
+            self.gate_up = nn.Linear(config.hidden_dim, 2 * width, bias=config.mlp_bias)
+        else:
+            self.up = nn.Linear(config.hidden_dim, width, bias=config.mlp_bias)
+        self.down = nn.Linear(width, config.hidden_dim, bias=config.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln(x)
+        if self.gated:
+            gate, up = F.linear(h, self.gate_up.weight, self.gate_up.bias).chunk(2, dim=-1)  # (T, width) each
+            h = self.act(gate) * up
+        else:
+            h = self.act(F.linear(h, self.up.weight, self.up.bias))
+        return linear_residual(x, h, self.down)
+
+
+class Block(nn.Module):
+    """Layers 1..n_layers: attention then MLP, each with its residual."""
+
+    def __init__(self, config: ReaLModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.attn = Attention(config, layer_idx)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+        return self.mlp(self.attn(x, ctx))
+
+
+class Head(nn.Module):
+    """Layer n_layers + 1: final norm, then LM head (vocab logits) or value head (1 output)."""
+
+    def __init__(self, config: ReaLModelConfig) -> None:
+        super().__init__()
+        self.is_critic = config.is_critic
+        self.ln_f = make_norm(config)
+        out = 1 if config.is_critic else config.vocab_size
+        self.head = None if config.tied_embedding else nn.Linear(config.hidden_dim, out, bias=False)
+
+    def forward(self, x: torch.Tensor, tied_weight: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.ln_f(x)
+        if self.head is None:
+            assert tied_weight is not None, "tied head needs the embedding weight"
+            return F.linear(h, tied_weight)  # (T, vocab)
+        out = self.head(h)
+        return out.squeeze(-1) if self.is_critic else out  # (T,) or (T, vocab)
