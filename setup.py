@@ -7,7 +7,14 @@ plug-in points users read first) and install as `realflow.graphs` and
 from setuptools import find_packages, setup
 
 packages = find_packages(include=["realflow", "realflow.*"])
-packages += ["realflow.graphs", "realflow.interfaces"]
+package_dir = {}
+for folder in ("graphs", "interfaces"):
+    top = f"realflow.{folder}"
+    packages.append(top)
+    package_dir[top] = folder
+    for sub in find_packages(where=folder):
+        packages.append(f"{top}.{sub}")
+        package_dir[f"{top}.{sub}"] = f"{folder}/{sub.replace('.', '/')}"
 
 setup(
     name="realflow",
@@ -15,7 +22,7 @@ setup(
     description="Dataflow-graph execution engine for LLM post-training",
     python_requires=">=3.10",
     packages=packages,
-    package_dir={"realflow.graphs": "graphs", "realflow.interfaces": "interfaces"},
+    package_dir=package_dir,
     package_data={"realflow.assets": ["tokenizer/*.json", "*.json", "*.jsonl"]},
     include_package_data=True,
     install_requires=[
