@@ -38,13 +38,15 @@ setup(
         "safetensors>=0.4",
         "tqdm>=4.66",
         "numpy>=1.26",
+        "matplotlib>=3.8",  # realflow graph --out x.png
+        "math-verify>=0.7,<1",  # math answer verification (rewards)
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
-        "bench": ["trl>=0.20", "matplotlib>=3.8"],
+        "bench": ["trl>=0.20"],
         "ray": ["ray[default]>=2.40"],
         "megatron": ["megatron-core==0.16.1"],
-        "plot": ["matplotlib>=3.8", "tensorboard>=2.16"],
+        "tensorboard": ["tensorboard>=2.16"],
     },
     entry_points={"console_scripts": ["realflow=realflow.apps.cli:main"]},
 )

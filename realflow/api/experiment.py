@@ -58,7 +58,8 @@ class ModelSpec:
     `arch`. `model_free=True` builds nothing: for roles whose interface needs no
     weights (rule-based rewards); its `Model` has no module and no engine. `init_from` names another role whose *initial* weights this role copies
     (a reference model from the actor; a critic from the actor, whose LM head is
-    replaced by a value head). `optimizer=None` means the role is never trained.
+    replaced by a value head) and with them its architecture: `arch` is then
+    ignored and `path` must be unset. `optimizer=None` means the role is never trained.
     """
 
     path: str | None = None
@@ -145,6 +146,10 @@ class ExperimentSpec:
         for role, spec in self.models.items():
             if spec.init_from is not None and spec.init_from not in self.models:
                 raise ConfigError(f"model '{role}': init_from '{spec.init_from}' is not a model role")
+            if spec.init_from is not None and spec.path is not None:
+                raise ConfigError(
+                    f"model '{role}': give either path ('{spec.path}') or init_from ('{spec.init_from}'), not both"
+                )
             if spec.init_from is not None and self.models[spec.init_from].model_free:
                 raise ConfigError(f"model '{role}': init_from '{spec.init_from}' is model_free and has no weights")
 

@@ -7,6 +7,8 @@ checkpoint and saves as one.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import transformers
 
@@ -89,7 +91,9 @@ def build_role_models(
     """One ReaLModel per role, from a local HF directory or random from `arch`
     (roles marked `model_free` get none).
 
-    Roles with `init_from` are built after their source and start from its weights.
+    Roles with `init_from` are built after their source, with its architecture,
+    and start from its weights (a critic keeps a fresh value head); their own
+    `path` and `arch` must be left unset.
     Random roles draw from a generator seeded by (seed, role index) so that adding a
     role does not change the others.
     """
@@ -100,7 +104,15 @@ def build_role_models(
         for role, spec in list(pending.items()):
             if spec.init_from is not None and spec.init_from not in models:
                 continue
-            if spec.path is not None:
+            if spec.init_from is not None:
+                # Same architecture as the source, the head as this role needs it.
+                src = models[spec.init_from]
+                config = dataclasses.replace(
+                    src.config, is_critic=spec.is_critic, tied_embedding=src.config.tied_embedding and not spec.is_critic
+                )
+                model = random_model(config, seed=seed * 1000 + sorted(specs).index(role))
+                copy_initial_weights(model, src)
+            elif spec.path is not None:
                 model = load_hf_checkpoint(spec.path, is_critic=spec.is_critic)
             else:
                 config = config_from_arch(
@@ -111,8 +123,6 @@ def build_role_models(
                     is_critic=spec.is_critic,
                 )
                 model = random_model(config, seed=seed * 1000 + sorted(specs).index(role))
-            if spec.init_from is not None:
-                copy_initial_weights(model, models[spec.init_from])
             model.gradient_checkpointing = spec.gradient_checkpointing
             models[role] = model
             del pending[role]

@@ -219,7 +219,7 @@ class InProcessRunner:
         self.records.extend(records)
         parts = [f"step {step + 1}/{self.run.n_steps} epoch {self.cursor.epoch + 1}"]
         for r in records:
-            shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(r.stats.items())[:6])
+            shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(r.stats.items()))
             parts.append(f"{r.mfc} {r.seconds * 1e3:.0f}ms {r.tokens_per_s:.0f}tok/s {shown}".rstrip())
         logger.info(" | ".join(parts))
         if self._log is not None:
