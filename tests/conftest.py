@@ -10,7 +10,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: the test models are tiny (a second thread buys little) and
+# several test processes (gloo, workers) share 2 cores without spinning.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,7 +20,7 @@ from realflow.apps import demo, experiments
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "demo": ("run a short demo of realflow on the bundled arithmetic task", demo.add_arguments, demo.main),
-    "run": ("run an experiment in this process", experiments.add_run_arguments, experiments.main_run),
+    "run": ("run an experiment (in this process, or --workers N processes)", experiments.add_run_arguments, experiments.main_run),
     "graph": ("draw an experiment's graph to PNG or DOT", experiments.add_graph_arguments, experiments.main_graph),
     "list": ("list the registered experiments", experiments.add_list_arguments, experiments.main_list),
 }

@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
     ])
     rl_time = time.perf_counter() - t0
     acc_rl = held_out_accuracy(rl.models["actor"], test)
-    rewards = rl.stats("actor_train", "reward_mean") or rl.stats("actor_train", "rewards")
+    rewards = rl.stats("actor_train", "task_reward")
     print(f"      held-out accuracy after GRPO: {acc_rl:.1%}  ({rl_time:.0f} s)")
     if rewards:
         k = max(1, len(rewards) // 5)

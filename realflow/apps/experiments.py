@@ -11,7 +11,6 @@ first, so experiments it registers can be run by name.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -24,18 +23,8 @@ from realflow.api.errors import ConfigError
 from realflow.api.experiment import EXPERIMENTS, ExperimentSpec
 from realflow.api.render import render_graph
 from realflow.system.inprocess import RunResult, run_inprocess
-
-
-def import_user_file(path: str) -> None:
-    """Import a user's Python file (which registers experiments, interfaces, datasets)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--file '{path}' does not exist")
-    spec = importlib.util.spec_from_file_location(f"realflow_user_{p.stem}", p)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
+from realflow.system.launcher import DistributedResult, LaunchConfig, run_local
+from realflow.system.user_files import import_user_file  # noqa: F401  (re-exported for the CLI)
 
 
 def load_experiment(name: str, overrides: list[str]) -> tuple[Any, ExperimentSpec]:
@@ -45,9 +34,21 @@ def load_experiment(name: str, overrides: list[str]) -> tuple[Any, ExperimentSpe
     return cfg, exp.build(cfg)
 
 
-def run_experiment(name: str, overrides: list[str]) -> RunResult:
+def run_experiment(
+    name: str, overrides: list[str], workers: int = 0, user_files: list[str] | None = None
+) -> RunResult | DistributedResult:
+    """Run a registered experiment; its full config goes to <run dir>/config.yaml.
+
+    `workers=0` runs in this process; N > 0 runs this process as the master plus N
+    model-worker processes (realflow.system.launcher; roles round-robin over them).
+    """
     cfg, spec = load_experiment(name, overrides)
-    logging.getLogger(__name__).info("experiment %s\n%s", name, to_yaml(cfg))
+    run_dir = Path(cfg.run.fileroot) / cfg.run.experiment_name / cfg.run.trial_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(f"# realflow run {name}\n" + to_yaml(cfg))
+    logging.getLogger(__name__).info("experiment %s: config in %s", name, run_dir / "config.yaml")
+    if workers:
+        return run_local(spec, cfg.run, LaunchConfig(n_workers=workers, user_files=tuple(user_files or ())))
     return run_inprocess(spec, cfg.run)
 
 
@@ -59,6 +60,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
+    parser.add_argument("--workers", type=int, default=0,
+                        help="run as a master plus N model-worker processes (default 0: in this process)")
 
 
 def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +76,7 @@ def add_list_arguments(parser: argparse.ArgumentParser) -> None:
 def main_run(args: argparse.Namespace) -> int:
     for f in args.file:
         import_user_file(f)
-    result = run_experiment(args.experiment, args.overrides)
+    result = run_experiment(args.experiment, args.overrides, workers=args.workers, user_files=args.file)
     print(f"finished {len({r.step for r in result.records})} steps; logs and checkpoints in {result.run_dir}")
     return 0
 
