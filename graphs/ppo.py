@@ -26,9 +26,8 @@ from realflow.api.config import OptimizerConfig
 from realflow.api.dfg import MFCDef, MFCKind
 from realflow.api.experiment import BaseExperimentConfig, DatasetSpec, ExperimentSpec, ModelSpec, register_experiment
 from realflow.api.generation import GenerationConfig
+from realflow.graphs.keys import rollout_keys
 
-ROLLOUT = ("packed_input_ids", "prompt_mask", "packed_logprobs", "seq_no_eos_mask")
-TRAIN_INPUTS = ROLLOUT + ("rewards", "packed_ref_logprobs", "values")
 
 
 @dataclass
@@ -56,9 +55,11 @@ def ppo(cfg: PPOConfig) -> ExperimentSpec:
     actor = dict(generation=cfg.generation, **cfg.shaping, **cfg.actor_args)
     critic = dict(**cfg.shaping, **cfg.critic_args)
     common = dict(n_seqs=cfg.n_seqs, mb_spec=cfg.mb_spec)
+    rollout = rollout_keys(cfg.generation)
+    train_inputs = rollout + ("rewards", "packed_ref_logprobs", "values")
     mfcs = [
         MFCDef(name="actor_gen", model_name="actor", kind=MFCKind.GENERATE, interface_type="ppo_actor",
-               interface_args=actor, input_keys=("packed_prompts",), output_keys=ROLLOUT, **common),
+               interface_args=actor, input_keys=("packed_prompts",), output_keys=rollout, **common),
         MFCDef(name="rew_inf", model_name="reward", kind=MFCKind.INFERENCE, interface_type=cfg.reward_interface,
                interface_args=cfg.reward_args, input_keys=("packed_input_ids", "prompt_mask"),
                output_keys=("rewards",), **common),
@@ -68,9 +69,9 @@ def ppo(cfg: PPOConfig) -> ExperimentSpec:
                interface_args=critic, input_keys=("packed_input_ids", "seq_no_eos_mask"), output_keys=("values",),
                **common),
         MFCDef(name="actor_train", model_name="actor", kind=MFCKind.TRAIN_STEP, interface_type="ppo_actor",
-               interface_args=actor, input_keys=TRAIN_INPUTS, log_return_value=True, **common),
+               interface_args=actor, input_keys=train_inputs, log_return_value=True, **common),
         MFCDef(name="critic_train", model_name="critic", kind=MFCKind.TRAIN_STEP, interface_type="ppo_critic",
-               interface_args=critic, input_keys=TRAIN_INPUTS, log_return_value=True, **common),
+               interface_args=critic, input_keys=train_inputs, log_return_value=True, **common),
     ]
     models = {"actor": cfg.actor, "critic": cfg.critic, "ref": cfg.ref, "reward": cfg.reward}
     return ExperimentSpec(mfcs=mfcs, models=models, dataset=cfg.dataset)

@@ -35,3 +35,14 @@ def test_builtin_graph_runs_three_steps(name, tmp_path):
     trained = [m for m in result.models.values() if m.engine is not None and hasattr(m.engine, "optimizer")]
     assert trained and all(m.version == 3 for m in trained)
     assert (result.run_dir / "checkpoints" / "final").is_dir()
+
+
+def test_filtered_sampling_trains_on_the_sampled_distribution(tmp_path):
+    """With top-k/top-p the logits mask reaches training, so the first update's
+    importance ratio is 1 (old and new log-probs come from the same distribution)."""
+    overrides, train_mfc, _ = CASES["grpo"]
+    result = run_experiment(
+        "grpo",
+        [*overrides, *DATA, "generation.top_k=5", "generation.top_p=0.9", "run.n_steps=1", f"run.fileroot={tmp_path}"],
+    )
+    assert result.stats(train_mfc, "importance_ratio")[0] == pytest.approx(1.0, abs=1e-4)

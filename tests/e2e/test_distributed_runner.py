@@ -1,0 +1,152 @@
+"""The distributed runtime end to end: a master (this process) plus worker processes.
+
+Same seed, CPU, one thread: the statistics and final weights equal the in-process
+runner's. Faults: a worker killed with SIGKILL mid-run and an interface that raises
+each end the run with an error naming the worker, and leave no child process.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from realflow.apps.experiments import load_experiment
+from realflow.system import names
+from realflow.system.inprocess import run_inprocess
+from realflow.system.launcher import LaunchConfig, LaunchError, run_local
+from realflow.system.name_resolve import FileNameResolver
+from realflow.system.request_client import HeartbeatPolicy
+from realflow.system.stream import ServerAddress
+from realflow.system.user_files import import_user_file
+
+TINY = ["arch.n_layers=2", "arch.hidden_dim=32", "arch.n_q_heads=4", "arch.n_kv_heads=2", "arch.intermediate_dim=64"]
+DATA = ["dataset.arithmetic_n_train=64", "dataset.arithmetic_difficulty=easy"]
+SFT = ["n_seqs=8", *("model." + t for t in TINY), *DATA]
+PPO = ["n_seqs=8", "generation.max_new_tokens=6", *("actor." + t for t in TINY), *DATA]
+PPO_SPLIT = {"actor": 0, "ref": 0, "critic": 1, "reward": 1}  # actor and critic on different workers
+FAST_HB = HeartbeatPolicy(interval_s=0.5, timeout_s=3.0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' setting, so that reductions match bit for bit
+    yield
+    torch.set_num_threads(old)
+
+
+def _children() -> list[int]:
+    """Pids of this process's children (from /proc)."""
+    me, out = os.getpid(), []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me and fields[0] != "Z":
+                out.append(int(d.name))
+    return out
+
+
+def _weights(root: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(root.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    assert out, f"no safetensors under {root}"
+    return out
+
+
+def _compare(name: str, overrides: list[str], tmp_path: Path, allocation: dict[str, int] | None) -> None:
+    common = [*overrides, "run.n_steps=2", f"run.fileroot={tmp_path}"]
+    cfg, spec = load_experiment(name, [*common, "run.trial_name=dist"])
+    dist = run_local(spec, cfg.run, LaunchConfig(n_workers=2, allocation=allocation, heartbeat=FAST_HB))
+    cfg, spec = load_experiment(name, [*common, "run.trial_name=inproc"])
+    ref = run_inprocess(spec, cfg.run)
+
+    by_task = {(r.step, r.mfc): r for r in ref.records}
+    assert sorted(by_task) == sorted((r.step, r.mfc) for r in dist.records)
+    for r in dist.records:
+        want = by_task[(r.step, r.mfc)]
+        assert (r.n_seqs, r.n_tokens) == (want.n_seqs, want.n_tokens), r.mfc
+        assert r.stats.keys() == want.stats.keys(), r.mfc
+        for k, v in r.stats.items():
+            assert v == pytest.approx(want.stats[k], abs=1e-6, rel=0), (r.step, r.mfc, k)
+    trained = sorted(p.name for p in (ref.run_dir / "checkpoints" / "final").iterdir())
+    assert trained
+    for role in trained:
+        a = _weights(dist.run_dir / "checkpoints" / "final" / role)
+        b = _weights(ref.run_dir / "checkpoints" / "final" / role)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (role, k)
+    assert (dist.run_dir / "stats.jsonl").read_text().count("\n") == len(dist.records)
+    assert sorted(p.name for p in (dist.run_dir / "logs").iterdir()) == ["w0.log", "w1.log"]
+    assert not _children()
+
+
+@pytest.mark.timeout(120)
+def test_sft_on_two_workers_matches_inprocess(tmp_path):
+    _compare("sft", SFT, tmp_path, allocation=None)
+
+
+@pytest.mark.timeout(120)
+def test_ppo_actor_and_critic_on_different_workers_match_inprocess(tmp_path):
+    _compare("ppo", PPO, tmp_path, allocation=PPO_SPLIT)
+
+
+@pytest.mark.timeout(120)
+def test_worker_killed_mid_run_is_named_and_everything_stops(tmp_path):
+    cfg, spec = load_experiment("ppo", [*PPO, "run.n_steps=50", f"run.fileroot={tmp_path}"])
+    resolver = FileNameResolver(tmp_path / cfg.run.experiment_name / cfg.run.trial_name / "name_resolve")
+    killed = {}
+
+    def kill_critic_worker(step, records):
+        if step == 0:
+            key = names.worker(cfg.run.experiment_name, cfg.run.trial_name, 1)
+            pid = ServerAddress.from_json(resolver.get(key)).pid
+            os.kill(pid, signal.SIGKILL)
+            killed["at"] = time.monotonic()
+
+    with pytest.raises(LaunchError) as err:
+        run_local(spec, cfg.run, LaunchConfig(n_workers=2, allocation=PPO_SPLIT, heartbeat=FAST_HB),
+                  on_step=kill_critic_worker)
+    assert time.monotonic() - killed["at"] < 10
+    text = str(err.value)
+    assert "worker 'w1'" in text and "has not answered heartbeats" in text, text
+    assert "exited with code -9" in text, text
+    assert not _children()
+
+
+RAISING = '''
+from realflow.api.interface import ModelInterface, register_interface
+
+@register_interface("raising_for_test", overwrite=True)
+class Raising(ModelInterface):
+    def train_step(self, model, data, mb_spec):
+        raise ValueError("boom inside the interface")
+'''
+
+
+@pytest.mark.timeout(120)
+def test_interface_that_raises_reports_the_remote_traceback(tmp_path):
+    plugin = tmp_path / "raising_plugin.py"
+    plugin.write_text(textwrap.dedent(RAISING))
+    import_user_file(str(plugin))
+    cfg, spec = load_experiment("sft", [*SFT, "run.n_steps=2", f"run.fileroot={tmp_path}"])
+    mfc = spec.mfcs[0]
+    object.__setattr__(mfc, "interface_type", "raising_for_test")
+    object.__setattr__(mfc, "interface_args", {})
+    with pytest.raises(LaunchError) as err:
+        run_local(spec, cfg.run, LaunchConfig(n_workers=2, heartbeat=FAST_HB, user_files=(str(plugin),)))
+    text = str(err.value)
+    assert "worker 'w0' failed RUN_MFC" in text, text
+    assert "ValueError: boom inside the interface" in text and "traceback in worker 'w0'" in text, text
+    assert "raising_plugin.py" in text, text  # the remote frame
+    assert not _children()
