@@ -43,6 +43,14 @@ class DataCursor:
         return torch.randperm(len(self.dataset), generator=g).tolist()
 
     def next_batch(self) -> SequenceSample:
+        return SequenceSample.gather([self.dataset[i] for i in self.next_indices()])
+
+    def next_indices(self) -> list[int]:
+        """The data-set indices of the next batch (advances the cursor like `next_batch`).
+
+        Only `len(dataset)` is used, so a holder of metadata alone (the distributed
+        master) can drive the cursor over `range(n)` and ship the indices.
+        """
         if self.position + self.batch_size > len(self._order):
             dropped = len(self._order) - self.position
             if dropped:
@@ -52,7 +60,7 @@ class DataCursor:
             self._order = self._epoch_order(self.epoch)
         idx = self._order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
-        return SequenceSample.gather([self.dataset[i] for i in idx])
+        return idx
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "n": len(self.dataset)}

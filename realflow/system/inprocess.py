@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable, Collection
 
 import torch
 import transformers
@@ -26,11 +26,10 @@ import transformers
 import realflow.interfaces  # noqa: F401  (registers the built-in interfaces)
 from realflow.api.data import SequenceSample
 from realflow.api.dataset import DatasetUtility, make_dataset
-from realflow.api.dfg import MFCDef, MFCKind, build_graph, mfc_of, train_mfc_by_role
+from realflow.api.dfg import MFCDef, MFCKind, ModelName, build_graph, mfc_of, train_mfc_by_role
 from realflow.api.errors import ConfigError, InterfaceError
 from realflow.api.experiment import DatasetSpec, ExperimentSpec, RunConfig
 from realflow.api.interface import INTERFACES, Model, ModelInterface, make_interface
-from realflow.api.dfg import ModelName
 from realflow.api.scheduler import Scheduler
 from realflow.assets import tokenizer_path
 from realflow.engine.train import InferenceEngine, TrainEngine
@@ -72,7 +71,15 @@ class RoleSet:
     models: dict[str, Model]
 
     @classmethod
-    def build(cls, spec: ExperimentSpec, tokenizer: Any, run: RunConfig) -> RoleSet:
+    def build(
+        cls, spec: ExperimentSpec, tokenizer: Any, run: RunConfig, roles: Collection[str] | None = None
+    ) -> RoleSet:
+        """Models and engines of `roles` (default: every role of `spec`).
+
+        Every module is built even for a subset, because a role may start from
+        another's weights (`init_from`) and engine seeds follow the role's index among
+        all roles: a worker hosting a subset gets bit-identical models and samplers.
+        """
         modules = build_role_models(
             spec.models,
             vocab_size=len(tokenizer),
@@ -84,9 +91,11 @@ class RoleSet:
         models = {
             role: Model(ModelName(role), None, tokenizer, None)  # type: ignore[arg-type]
             for role, mspec in spec.models.items()
-            if mspec.model_free
+            if mspec.model_free and (roles is None or role in roles)
         }
         for i, (role, module) in enumerate(sorted(modules.items())):
+            if roles is not None and role not in roles:
+                continue
             mspec = spec.models[role]
             seed = run.seed * 7919 + i
             if role in trained:
@@ -130,7 +139,7 @@ class RunResult:
         return [r.stats[key] for r in self.records if r.mfc == mfc and key in r.stats]
 
 
-def _n_tokens(sample: SequenceSample) -> int:
+def n_tokens(sample: SequenceSample) -> int:
     return sample.total_len(sample.default_token_key()) if sample.keys else 0
 
 
@@ -153,6 +162,32 @@ def call_mfc(mfc: MFCDef, interface: ModelInterface, model: Model, batch: Sequen
     out = out.select(list(rename))
     out.remap_keys_({i: g for i, g in rename.items() if i != g})
     return out, {}
+
+
+def end_train_step(mfc: MFCDef, model: Model) -> None:
+    """After an MFC call: a train step advances its engine (LR schedule, parameter version)."""
+    if mfc.kind is MFCKind.TRAIN_STEP:
+        model.engine.end_step()  # type: ignore[attr-defined]
+
+
+def log_step(step: int, n_steps: int | None, epoch: int, records: list[MFCRecord], jsonl: IO[str] | None) -> None:
+    """The per-step log line, and one JSONL line per MFC record (the in-process and distributed runners)."""
+    parts = [f"step {step + 1}/{n_steps} epoch {epoch + 1}"]
+    for r in records:
+        shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(r.stats.items()))
+        parts.append(f"{r.mfc} {r.seconds * 1e3:.0f}ms {r.tokens_per_s:.0f}tok/s {shown}".rstrip())
+    logger.info(" | ".join(parts))
+    if jsonl is not None:
+        for r in records:
+            jsonl.write(json.dumps({"step": r.step, "mfc": r.mfc, "seconds": r.seconds,
+                                    "n_seqs": r.n_seqs, "n_tokens": r.n_tokens, **r.stats}) + "\n")
+        jsonl.flush()
+
+
+def save_role(interface: ModelInterface, model: Model, tokenizer: Any, out: Path) -> None:
+    """An HF checkpoint of one trained role, with the tokenizer next to it."""
+    interface.save(model, str(out))
+    tokenizer.save_pretrained(str(out))
 
 
 class InProcessRunner:
@@ -211,22 +246,12 @@ class InProcessRunner:
         seconds = time.perf_counter() - t0
         if out is not None:
             batch.update_(out)
-        if mfc.kind is MFCKind.TRAIN_STEP:
-            model.engine.end_step()  # type: ignore[attr-defined]
-        return MFCRecord(step, name, seconds, batch.bs, _n_tokens(batch.select(mfc.input_keys)), stats)
+        end_train_step(mfc, model)
+        return MFCRecord(step, name, seconds, batch.bs, n_tokens(batch.select(mfc.input_keys)), stats)
 
     def _finish_step(self, step: int, records: list[MFCRecord], on_step: Callable | None) -> None:
         self.records.extend(records)
-        parts = [f"step {step + 1}/{self.run.n_steps} epoch {self.cursor.epoch + 1}"]
-        for r in records:
-            shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(r.stats.items()))
-            parts.append(f"{r.mfc} {r.seconds * 1e3:.0f}ms {r.tokens_per_s:.0f}tok/s {shown}".rstrip())
-        logger.info(" | ".join(parts))
-        if self._log is not None:
-            for r in records:
-                self._log.write(json.dumps({"step": r.step, "mfc": r.mfc, "seconds": r.seconds,
-                                            "n_seqs": r.n_seqs, "n_tokens": r.n_tokens, **r.stats}) + "\n")
-            self._log.flush()
+        log_step(step, self.run.n_steps, self.cursor.epoch, records, self._log)
         if self.run.save_freq_steps and (step + 1) % self.run.save_freq_steps == 0:
             self.save(self.run_dir / "checkpoints" / f"step{step + 1}")
         if on_step is not None:
@@ -235,9 +260,7 @@ class InProcessRunner:
     def save(self, root: Path) -> None:
         """HF checkpoints of every trained role (plus the tokenizer)."""
         for role, mfc_name in self.train_mfcs.items():
-            out = root / role
-            self.interfaces[mfc_name].save(self.roles.models[role], str(out))
-            self.tokenizer.save_pretrained(str(out))
+            save_role(self.interfaces[mfc_name], self.roles.models[role], self.tokenizer, root / role)
 
 
 def run_inprocess(

@@ -29,6 +29,7 @@ class RequestKind(enum.Enum):
     CONFIGURE = "configure"  # build models, engines and data: before the first step
     RUN_MFC = "run_mfc"  # pre-hooks (data transfer, realloc), the interface call, store outputs
     FETCH_DATA = "fetch_data"  # load the next batch of the data set and report its metadata
+    TRANSFER = "transfer"  # take part in a data-transfer plan as a source (the consumer gets it in RUN_MFC)
     FREE_DATA = "free_data"  # drop the stored tensors of finished samples
     SAVE = "save"  # write checkpoints
     HEARTBEAT = "heartbeat"  # answered by the server's heartbeat thread, never by a handler

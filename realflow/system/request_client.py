@@ -162,6 +162,34 @@ class RequestClient:
                 self._pending.pop(r.id, None)
                 self._done.pop(r.id, None)
 
+    def wait_any(self, requests: Sequence[Request]) -> list[Response]:
+        """The responses among `requests` that have arrived: at least one, as soon as one is in.
+
+        Deadlines and heartbeats are checked as in `wait`; on an error every request
+        of `requests` is abandoned. The others stay pending for a later `wait_any`.
+        """
+        requests = list(requests)
+        if not requests:
+            raise ConfigError(f"{self.name}: wait_any() needs at least one request")
+        try:
+            while True:
+                got = [r for r in requests if r.id in self._done]
+                if got:
+                    return [self._done.pop(r.id) for r in got]
+                now = time.time()
+                late = [r for r in requests if r.deadline <= now]
+                if late:
+                    raise DeadlineError(self._describe_late(late, now))
+                wake = min(r.deadline for r in requests) - now
+                if self.heartbeat_policy is not None:
+                    wake = min(wake, self._heartbeat_tick())
+                self._pump(wake)
+        except BaseException:
+            for r in requests:
+                self._pending.pop(r.id, None)
+                self._done.pop(r.id, None)
+            raise
+
     def call(self, worker: str, kind: RequestKind, payload: Any = None, *, timeout: float) -> Any:
         """Send one request and return its payload (WorkerError if the handler raised)."""
         return self.wait([self.send(worker, kind, payload, timeout=timeout)])[0].unwrap()

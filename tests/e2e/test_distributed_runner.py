@@ -6,8 +6,11 @@ each end the run with an error naming the worker, and leave no child process.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -20,6 +23,7 @@ from realflow.apps.experiments import load_experiment
 from realflow.system import names
 from realflow.system.inprocess import run_inprocess
 from realflow.system.launcher import LaunchConfig, LaunchError, run_local
+from realflow.system.master import MasterTimeouts
 from realflow.system.name_resolve import FileNameResolver
 from realflow.system.request_client import HeartbeatPolicy
 from realflow.system.stream import ServerAddress
@@ -33,16 +37,26 @@ PPO_SPLIT = {"actor": 0, "ref": 0, "critic": 1, "reward": 1}  # actor and critic
 FAST_HB = HeartbeatPolicy(interval_s=0.5, timeout_s=3.0)
 
 
+_BEFORE: set[int] = set()
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     old = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers' setting, so that reductions match bit for bit
+    _BEFORE.clear()
+    _BEFORE.update(_all_children())  # children that other tests left (e.g. a resource tracker) do not count
     yield
     torch.set_num_threads(old)
 
 
 def _children() -> list[int]:
-    """Pids of this process's children (from /proc)."""
+    """Live children of this process started since the test began."""
+    return [pid for pid in _all_children() if pid not in _BEFORE]
+
+
+def _all_children() -> list[int]:
+    """Pids of this process's live children (from /proc)."""
     me, out = os.getpid(), []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -119,7 +133,9 @@ def test_worker_killed_mid_run_is_named_and_everything_stops(tmp_path):
                   on_step=kill_critic_worker)
     assert time.monotonic() - killed["at"] < 10
     text = str(err.value)
-    assert "worker 'w1'" in text and "has not answered heartbeats" in text, text
+    # The first line names the dead worker; what the master saw first (its heartbeats
+    # going unanswered, or w0's transfer to it failing) follows.
+    assert "worker 'w1'" in text.splitlines()[0] and "died: killed by SIGKILL" in text.splitlines()[0], text
     assert "exited with code -9" in text, text
     assert not _children()
 
@@ -150,3 +166,93 @@ def test_interface_that_raises_reports_the_remote_traceback(tmp_path):
     assert "ValueError: boom inside the interface" in text and "traceback in worker 'w0'" in text, text
     assert "raising_plugin.py" in text, text  # the remote frame
     assert not _children()
+
+
+@pytest.mark.timeout(180)
+def test_stop_and_resume_gives_the_same_weights_as_one_run(tmp_path):
+    """4 steps in one go == 2 steps, stop, resume, 2 steps (PPO: optimizer, LR, sampler, cursor)."""
+    common = [*PPO, "run.n_steps=4", f"run.fileroot={tmp_path}"]
+    cfg, spec = load_experiment("ppo", [*common, "run.trial_name=once"])
+    once = run_inprocess(spec, cfg.run)  # equal to a distributed run (tests above)
+
+    cfg, spec = load_experiment("ppo", [*common, "run.trial_name=halves"])
+    launch = LaunchConfig(n_workers=2, allocation=PPO_SPLIT, heartbeat=FAST_HB)
+    first = run_local(spec, cfg.run, dataclasses.replace(launch, stop_after_steps=2))
+    assert sorted({r.step for r in first.records}) == [0, 1]
+    ckpt = first.run_dir / "checkpoints" / "step2"
+    assert (ckpt / "master_state.json").is_file() and not (first.run_dir / "checkpoints" / "final").exists()
+    second = run_local(spec, cfg.run, dataclasses.replace(launch, resume_from=ckpt))
+    assert sorted({r.step for r in second.records}) == [2, 3]
+
+    want = {(r.step, r.mfc): r.stats for r in once.records}
+    for r in second.records:
+        assert r.stats == pytest.approx(want[(r.step, r.mfc)], abs=1e-6, rel=0), (r.step, r.mfc)
+    for role in ("actor", "critic"):
+        a = _weights(second.run_dir / "checkpoints" / "final" / role)
+        b = _weights(once.run_dir / "checkpoints" / "final" / role)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), role
+    assert not _children()
+
+
+HANGING = '''
+import time
+from realflow.api.interface import ModelInterface, register_interface
+
+@register_interface("hanging_for_test", overwrite=True)
+class Hanging(ModelInterface):
+    def train_step(self, model, data, mb_spec):
+        time.sleep(600)
+'''
+
+
+@pytest.mark.timeout(120)
+def test_hung_worker_is_named_at_the_request_deadline(tmp_path):
+    plugin = tmp_path / "hanging_plugin.py"
+    plugin.write_text(textwrap.dedent(HANGING))
+    import_user_file(str(plugin))
+    cfg, spec = load_experiment("sft", [*SFT, "run.n_steps=2", f"run.fileroot={tmp_path}"])
+    object.__setattr__(spec.mfcs[0], "interface_type", "hanging_for_test")
+    object.__setattr__(spec.mfcs[0], "interface_args", {})
+    launch = LaunchConfig(n_workers=1, heartbeat=FAST_HB, user_files=(str(plugin),),
+                          timeouts=MasterTimeouts(mfc_s=3.0), grace_s=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(LaunchError) as err:
+        run_local(spec, cfg.run, launch)
+    text = str(err.value)
+    assert "DeadlineError" in text and "worker 'w0'" in text and "RUN_MFC" in text, text
+    assert "busy with RUN_MFC" in text, text  # alive (heartbeats answered) but stuck in the request
+    assert time.monotonic() - t0 < 60
+    assert not _children()
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_to_the_launcher_stops_and_reaps_every_worker(tmp_path):
+    """`realflow run ... --workers 2` in a subprocess; SIGTERM mid-run ends it with exit 2, no workers left.
+
+    (SIGINT takes the same path: Python raises KeyboardInterrupt, which the launcher's
+    SIGTERM handler imitates; checked by hand, 40 s a run is too slow to test both.)"""
+    cmd = [sys.executable, "-m", "realflow.apps.cli", "run", "sft", *SFT, "run.n_steps=100000",
+           f"run.fileroot={tmp_path}", "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    run_dir = tmp_path / "realflow" / "trial0"
+    try:
+        deadline = time.monotonic() + 90
+        stats = run_dir / "stats.jsonl"
+        while not (stats.is_file() and stats.read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        entries = FileNameResolver(run_dir / "name_resolve").get_subtree(names.workers("realflow", "trial0"))
+        pids = [ServerAddress.from_json(v).pid for v in entries.values()]
+        assert len(pids) == 2
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, err
+    assert "KeyboardInterrupt" in err, err
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" == (Path(f"/proc/{pid}/stat").read_text()
+                                                             .rsplit(")", 1)[1].split()[0]), pid
