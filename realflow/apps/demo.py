@@ -30,9 +30,9 @@ ARCH = ["arch.n_layers=4", "arch.hidden_dim=128", "arch.n_q_heads=4", "arch.n_kv
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1, help="random seed")
-    parser.add_argument("--sft-steps", type=int, default=300, help="SFT steps (batch of --sft-batch problems)")
+    parser.add_argument("--sft-steps", type=int, default=1000, help="SFT steps (batch of --sft-batch problems)")
     parser.add_argument("--sft-batch", type=int, default=128)
-    parser.add_argument("--rl-steps", type=int, default=60, help="GRPO steps")
+    parser.add_argument("--rl-steps", type=int, default=300, help="GRPO steps")
     parser.add_argument("--difficulty", default="easy", help="arithmetic difficulty (easy, default, hard, add=3,mul=2)")
     parser.add_argument("--n-test", type=int, default=200, help="held-out problems for the accuracy")
     parser.add_argument("--fileroot", default="runs", help="where logs and checkpoints go")

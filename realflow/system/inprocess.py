@@ -179,8 +179,10 @@ def log_step(step: int, n_steps: int | None, epoch: int, records: list[MFCRecord
     logger.info(" | ".join(parts))
     if jsonl is not None:
         for r in records:
+            # The interface's statistics sit under "stats" so that none of their
+            # names (an interface may report its own n_tokens) shadows the runner's.
             jsonl.write(json.dumps({"step": r.step, "mfc": r.mfc, "seconds": r.seconds,
-                                    "n_seqs": r.n_seqs, "n_tokens": r.n_tokens, **r.stats}) + "\n")
+                                    "n_seqs": r.n_seqs, "n_tokens": r.n_tokens, "stats": r.stats}) + "\n")
         jsonl.flush()
 
 

@@ -106,6 +106,7 @@ def test_runner_steps_a_user_graph(tmp_path):
     lines = [json.loads(x) for x in (result.run_dir / "stats.jsonl").read_text().splitlines()]
     assert [(r["step"], r["mfc"]) for r in lines] == [(s, m) for s in range(4) for m in ("lengths", "train")]
     assert all(r["n_seqs"] == 8 and r["n_tokens"] > 0 for r in lines)
+    assert [r["stats"]["loss"] for r in lines if r["mfc"] == "train"] == losses
 
     ckpt = result.run_dir / "checkpoints" / "final" / "default"
     hf = transformers.AutoModelForCausalLM.from_pretrained(ckpt)
