@@ -43,9 +43,13 @@ class GRPOConfig(BaseExperimentConfig):
     dataset: DatasetSpec = field(default_factory=lambda: DatasetSpec(name="prompt"))
 
 
-def policy_graph(cfg: GRPOConfig, interface: str, extra_args: dict[str, Any]) -> ExperimentSpec:
-    """The GRPO-shaped graph shared by GRPO and RLOO (they differ in the interface)."""
-    args = dict(generation=cfg.generation, group_size=cfg.group_size, **extra_args, **cfg.policy)
+def policy_graph(cfg: Any, interface: str, args: dict[str, Any], with_ref: bool) -> ExperimentSpec:
+    """The critic-free graph shared by GRPO, RLOO and ReMax (they differ in the
+    interface): generate, reward, optionally the reference, train.
+
+    `cfg` has the fields of GRPOConfig that the graph reads: n_seqs, mb_spec,
+    generation, actor, ref, reward, reward_interface, reward_args, dataset.
+    """
     common = dict(n_seqs=cfg.n_seqs, mb_spec=cfg.mb_spec)
     rollout = rollout_keys(cfg.generation)
     mfcs = [
@@ -57,7 +61,7 @@ def policy_graph(cfg: GRPOConfig, interface: str, extra_args: dict[str, Any]) ->
     ]
     train_inputs = rollout + ("rewards",)
     models = {"actor": cfg.actor, "reward": cfg.reward}
-    if cfg.beta > 0:
+    if with_ref:
         mfcs.append(MFCDef(name="ref_inf", model_name="ref", kind=MFCKind.INFERENCE, interface_type=interface,
                            interface_args=args, input_keys=("packed_input_ids",),
                            output_keys=("packed_ref_logprobs",), **common))
@@ -70,4 +74,5 @@ def policy_graph(cfg: GRPOConfig, interface: str, extra_args: dict[str, Any]) ->
 
 @register_experiment("grpo", GRPOConfig)
 def grpo(cfg: GRPOConfig) -> ExperimentSpec:
-    return policy_graph(cfg, "grpo", {"beta": cfg.beta})
+    args = dict(generation=cfg.generation, group_size=cfg.group_size, beta=cfg.beta, **cfg.policy)
+    return policy_graph(cfg, "grpo", args, with_ref=cfg.beta > 0)

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from realflow.api.config import OptimizerConfig
-from realflow.api.dfg import MFCDef, MFCKind
 from realflow.api.experiment import BaseExperimentConfig, DatasetSpec, ExperimentSpec, ModelSpec, register_experiment
 from realflow.api.generation import GenerationConfig
-from realflow.graphs.keys import rollout_keys
+from realflow.graphs.grpo import policy_graph
 
 
 
@@ -44,23 +43,4 @@ class ReMaxConfig(BaseExperimentConfig):
 @register_experiment("remax", ReMaxConfig)
 def remax(cfg: ReMaxConfig) -> ExperimentSpec:
     args = dict(generation=cfg.generation, group_size=cfg.group_size, kl_ctl=cfg.kl_ctl, **cfg.actor_args)
-    common = dict(n_seqs=cfg.n_seqs, mb_spec=cfg.mb_spec)
-    rollout = rollout_keys(cfg.generation)
-    mfcs = [
-        MFCDef(name="actor_gen", model_name="actor", kind=MFCKind.GENERATE, interface_type="remax",
-               interface_args=args, input_keys=("packed_prompts",), output_keys=rollout, **common),
-        MFCDef(name="rew_inf", model_name="reward", kind=MFCKind.INFERENCE, interface_type=cfg.reward_interface,
-               interface_args=cfg.reward_args, input_keys=("packed_input_ids", "prompt_mask"),
-               output_keys=("rewards",), **common),
-    ]
-    train_inputs = rollout + ("rewards",)
-    models = {"actor": cfg.actor, "reward": cfg.reward}
-    if cfg.kl_ctl > 0:
-        mfcs.append(MFCDef(name="ref_inf", model_name="ref", kind=MFCKind.INFERENCE, interface_type="remax",
-                           interface_args=args, input_keys=("packed_input_ids",),
-                           output_keys=("packed_ref_logprobs",), **common))
-        train_inputs += ("packed_ref_logprobs",)
-        models["ref"] = cfg.ref
-    mfcs.append(MFCDef(name="actor_train", model_name="actor", kind=MFCKind.TRAIN_STEP, interface_type="remax",
-                       interface_args=args, input_keys=train_inputs, log_return_value=True, **common))
-    return ExperimentSpec(mfcs=mfcs, models=models, dataset=cfg.dataset)
+    return policy_graph(cfg, "remax", args, with_ref=cfg.kl_ctl > 0)

@@ -24,4 +24,5 @@ class RLOOConfig(GRPOConfig):
 
 @register_experiment("rloo", RLOOConfig)
 def rloo(cfg: RLOOConfig) -> ExperimentSpec:
-    return policy_graph(cfg, "rloo", {"beta": cfg.beta})
+    args = dict(generation=cfg.generation, group_size=cfg.group_size, beta=cfg.beta, **cfg.policy)
+    return policy_graph(cfg, "rloo", args, with_ref=cfg.beta > 0)

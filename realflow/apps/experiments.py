@@ -19,7 +19,6 @@ from typing import Any
 import realflow.graphs  # noqa: F401  (registers the built-in experiments)
 from realflow.api.config import apply_overrides, to_yaml
 from realflow.api.dfg import build_graph
-from realflow.api.errors import ConfigError
 from realflow.api.experiment import EXPERIMENTS, ExperimentSpec
 from realflow.api.render import render_graph
 from realflow.system.inprocess import RunResult, run_inprocess
