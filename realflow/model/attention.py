@@ -75,42 +75,44 @@ def packed_causal_attention(
             softmax_scale=scale, causal=True,
         )
     gqa = q.shape[1] != k.shape[1]
+    runs = seqs.runs()
+    # One split per input (not a slice per run): autograd then joins the gradients of
+    # all runs with a single cat, where per-run slices would each zero-fill and add a
+    # full-size gradient (quadratic in the number of runs).
+    sizes = [count * length for _, count, length in runs]
     outs = []
-    for start, count, length in seqs.runs():
+    for (_, count, length), qr, kr, vr in zip(runs, q.split(sizes), k.split(sizes), v.split(sizes)):
         if length == 0:
             continue
-        end = start + count * length
 
         def heads_first(x: torch.Tensor) -> torch.Tensor:
             # (count * length, h, d) -> (count, h, length, d), a view
-            return x[start:end].view(count, length, x.shape[1], x.shape[2]).transpose(1, 2)
+            return x.view(count, length, x.shape[1], x.shape[2]).transpose(1, 2)
 
         o = F.scaled_dot_product_attention(
-            heads_first(q), heads_first(k), heads_first(v), is_causal=True, scale=scale, enable_gqa=gqa
+            heads_first(qr), heads_first(kr), heads_first(vr), is_causal=True, scale=scale, enable_gqa=gqa
         )  # (count, n_q_heads, length, head_dim)
         outs.append(o.transpose(1, 2).reshape(count * length, q.shape[1], q.shape[2]))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
 def decode_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, bias: torch.Tensor, scale: float
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask: torch.Tensor, scale: float
 ) -> torch.Tensor:
     """One new query per sequence against its cached keys and values.
 
     q: (B, n_q_heads, head_dim); k_cache, v_cache: (B, n_kv_heads, L, head_dim);
-    bias: (B * n_kv_heads, 1, L) float, 0 where a cache slot holds a token of that
-    sequence and -inf elsewhere. Returns (B, n_q_heads, head_dim).
+    mask: (B, 1, 1, L) float, 0 where a cache slot holds a token of that sequence
+    and -inf elsewhere. Returns (B, n_q_heads, head_dim).
 
-    Three batched matmul-sized ops: for one query per sequence this beats PyTorch's
-    fused SDPA on CPU, whose per-call cost dominates at decode sizes.
+    Query head h uses kv head h // group, so the group is folded into the query-length
+    axis: one non-causal fused SDPA call over (B, n_kv_heads, group, head_dim) queries,
+    with the cache as a strided view (never repeated or copied). On CPU this is as
+    fast as baddbmm + softmax + bmm at the smallest head sizes and up to ~1.8x faster
+    at head_dim 32, and faster than SDPA with one query per head and `enable_gqa`.
     """
     b, n_q, d = q.shape
-    n_kv, length = k_cache.shape[1], k_cache.shape[2]
-    group = n_q // n_kv
-    # Query head h uses kv head h // group: fold the group into the query axis.
-    q3 = q.reshape(b * n_kv, group, d)
-    k3 = k_cache.reshape(b * n_kv, length, d)  # a view: only the column axis was sliced
-    v3 = v_cache.reshape(b * n_kv, length, d)
-    scores = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=scale)  # (B * n_kv, group, L)
-    out = torch.bmm(scores.softmax(-1), v3)  # (B * n_kv, group, head_dim)
+    n_kv = k_cache.shape[1]
+    q4 = q.view(b, n_kv, n_q // n_kv, d)
+    out = F.scaled_dot_product_attention(q4, k_cache, v_cache, attn_mask=mask, scale=scale)
     return out.view(b, n_q, d)

@@ -1,10 +1,13 @@
-"""A preallocated key/value cache for batched generation.
+"""A preallocated key/value cache for batched generation, and the per-step tables
+decoding reads from it.
 
-Layout per block: (batch, n_kv_heads, capacity, head_dim). Prompts are stored
-*right-aligned*: prompt b of length L_b occupies columns [P - L_b, P) where P is the
-longest prompt, so every decode step writes all sequences at the same column (a
-plain slice copy, no scatter) and the validity mask is fixed once at prefill.
-Rotary positions are per sequence and do not depend on the column.
+Layout: one tensor for keys and one for values, (n_layers, batch, n_kv_heads,
+capacity, head_dim). Prompts are stored *right-aligned*: prompt b of length L_b
+occupies columns [P - L_b, P) where P is the longest prompt, so every decode step
+writes all sequences at the same column (a plain slice copy, no scatter) and the
+attention mask is fixed once at prefill. Rotary positions are per sequence and do
+not depend on the column; their cos/sin are tabulated once per generation so that a
+decode step looks them up with one `index_select`.
 
 Not here: sampling and the decode loop (generate.py), the attention math
 (attention.py).
@@ -14,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from realflow.model.config import ReaLModelConfig
+from realflow.model.rotary import inv_frequencies, rotary_cos_sin
 
 
 class KVCache:
@@ -28,21 +32,28 @@ class KVCache:
         device: torch.device,
     ) -> None:
         batch = int(prompt_lens.numel())
-        self.n_kv_heads = config.n_kv_heads
         self.prompt_width = int(prompt_lens.max()) if batch else 0
         self.capacity = self.prompt_width + max_new_tokens
-        shape = (batch, config.n_kv_heads, self.capacity, config.head_dim)
-        # One tensor per block (index block - 1), so a step touches no other block's memory.
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        shape = (config.n_layers, batch, config.n_kv_heads, self.capacity, config.head_dim)
+        # Zeros, not empty: left-padding slots are read (under a -inf mask), and
+        # garbage there could be NaN, which a zero attention weight does not cancel.
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self._split_blocks()
         prompt_lens = prompt_lens.to(device=device, dtype=torch.long)
         first = self.prompt_width - prompt_lens  # (B,) first valid column of each row
         cols = torch.arange(self.capacity, device=device)
         hidden = cols[None, :] < first[:, None]  # (B, capacity): left padding
-        # Additive attention bias, one row per (sequence, kv head) as decode attention
-        # batches them: 0 on a sequence's own slots, -inf on its left padding.
-        bias = torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill_(hidden, float("-inf"))
-        self.bias = bias.repeat_interleave(config.n_kv_heads, dim=0)[:, None, :]  # (B * n_kv, 1, capacity)
+        # Additive attention mask, broadcast over kv heads and the query group:
+        # 0 on a sequence's own slots, -inf on its left padding.
+        mask = torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill_(hidden, float("-inf"))
+        self.mask = mask[:, None, None, :]  # (B, 1, 1, capacity)
+        # cos and signed sin of every position a sequence can reach, stacked:
+        # (longest prompt + max_new_tokens, 2, head_dim); None with absolute positions.
+        self.rotary: torch.Tensor | None = None
+        if not config.abs_position_embedding:
+            cos, sin = rotary_cos_sin(inv_frequencies(config, device), cols, dtype)
+            self.rotary = torch.cat((cos, sin), dim=1)
         # Where each packed prompt token goes: row b, column first_b + position.
         rows = torch.repeat_interleave(torch.arange(batch, device=device), prompt_lens)
         starts = torch.cumsum(prompt_lens, 0) - prompt_lens
@@ -52,21 +63,26 @@ class KVCache:
         # Column the next decoded token is written to; None while prefilling.
         self.column: int | None = None
 
-    @property
-    def decoding(self) -> bool:
-        return self.column is not None
+    def _split_blocks(self) -> None:
+        # Per-block views, made once: a decode step should not pay for re-slicing.
+        self._k_blocks, self._v_blocks = self.k.unbind(0), self.v.unbind(0)
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only the sequences `rows` (indices into the current batch), in that order."""
-        self.k = [k[rows] for k in self.k]
-        self.v = [v[rows] for v in self.v]
-        n_kv, capacity = self.n_kv_heads, self.capacity
-        self.bias = self.bias.view(-1, n_kv, capacity)[rows].view(-1, 1, capacity)
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        self._split_blocks()
+        self.mask = self.mask[rows]
+
+    def rotary_at(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin at position_ids (B,), each (B, 1, head_dim) (see rotary.apply_rotary)."""
+        assert self.rotary is not None, "a model with absolute positions has no rotary table"
+        both = self.rotary.index_select(0, position_ids)  # (B, 2, head_dim), one lookup for both
+        return both[:, :1], both[:, 1:]
 
     def store_prefill(self, block: int, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write packed prompt keys/values (T, n_kv_heads, head_dim) of block `block` (1-based)."""
-        self.k[block - 1][self._prefill_rows, :, self._prefill_cols] = k
-        self.v[block - 1][self._prefill_rows, :, self._prefill_cols] = v
+        self._k_blocks[block - 1][self._prefill_rows, :, self._prefill_cols] = k
+        self._v_blocks[block - 1][self._prefill_rows, :, self._prefill_cols] = v
 
     def append(
         self, block: int, k: torch.Tensor, v: torch.Tensor
@@ -74,12 +90,12 @@ class KVCache:
         """Write one decoded token per row (B, n_kv_heads, head_dim) at the current column.
 
         Returns the cached keys, values (B, n_kv_heads, column + 1, head_dim) and the
-        attention bias (B * n_kv_heads, 1, column + 1) to attend over them with.
+        attention mask (B, 1, 1, column + 1) to attend over them with.
         """
         col = self.column
         assert col is not None and col < self.capacity, (col, self.capacity)
-        k_cache, v_cache = self.k[block - 1], self.v[block - 1]
-        k_cache[:, :, col] = k
-        v_cache[:, :, col] = v
+        k_cache, v_cache = self._k_blocks[block - 1], self._v_blocks[block - 1]
+        k_cache.select(2, col).copy_(k)
+        v_cache.select(2, col).copy_(v)
         end = col + 1
-        return k_cache[:, :, :end], v_cache[:, :, :end], self.bias[..., :end]
+        return k_cache[:, :, :end], v_cache[:, :, :end], self.mask[..., :end]

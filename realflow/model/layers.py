@@ -39,16 +39,13 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 @dataclass
 class LayerContext:
-    """What every block of one forward call shares.
+    """What every block of one packed forward call shares (training, inference,
+    generation prefill). Decode steps take their arguments directly (`Block.decode`)."""
 
-    Packed mode (training, inference, prefill): `seqs` is set. Decode mode:
-    `cache.decoding` is true and there is one token per sequence.
-    """
-
-    seqs: PackedSeqs | None
+    seqs: PackedSeqs
     cos: torch.Tensor | None  # (T, 1, head_dim) rotary, None for absolute positions
     sin: torch.Tensor | None  # (T, 1, head_dim) signed sin, see rotary.rotary_cos_sin
-    cache: KVCache | None = None
+    cache: KVCache | None = None  # prefill: store keys and values here
 
 
 class RMSNorm(nn.Module):
@@ -111,23 +108,34 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.hidden_dim, sum(config.qkv_sections), bias=config.qkv_bias)
         self.o = nn.Linear(config.q_dim, config.hidden_dim, bias=config.o_bias)
 
-    def forward(self, x: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+    def _qkv(
+        self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normed, projected and rotated q (T, n_q, head_dim), k, v (T, n_kv, head_dim): views, no copies."""
         t = x.shape[0]
         qkv = F.linear(self.ln(x), self.qkv.weight, self.qkv.bias).view(t, self.n_q + 2 * self.n_kv, self.head_dim)
-        qk, v = qkv.split((self.n_q + self.n_kv, self.n_kv), dim=1)  # (T, heads, head_dim)
-        if ctx.cos is not None:
-            qk = apply_rotary(qk, ctx.cos, ctx.sin)  # q and k heads in one go
+        qk, v = qkv.split((self.n_q + self.n_kv, self.n_kv), dim=1)  # split, not slices: one cat in backward
+        if cos is not None:
+            qk = apply_rotary(qk, cos, sin)  # q and k heads in one go
         q, k = qk.split((self.n_q, self.n_kv), dim=1)
-        cache = ctx.cache
-        if cache is not None and cache.decoding:
-            k_all, v_all, bias = cache.append(self.layer_idx, k, v)
-            out = decode_attention(q, k_all, v_all, bias, self.scale)
-        else:
-            if cache is not None:
-                cache.store_prefill(self.layer_idx, k, v)
-            assert ctx.seqs is not None
-            out = packed_causal_attention(q, k, v, ctx.seqs, self.scale)
-        return linear_residual(x, out.reshape(t, self.n_q * self.head_dim), self.o)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+        """Packed: x (T, hidden) of the sequences in ctx.seqs."""
+        q, k, v = self._qkv(x, ctx.cos, ctx.sin)
+        if ctx.cache is not None:
+            ctx.cache.store_prefill(self.layer_idx, k, v)
+        out = packed_causal_attention(q, k, v, ctx.seqs, self.scale)  # (T, n_q, head_dim)
+        return linear_residual(x, out.view(x.shape[0], self.n_q * self.head_dim), self.o)
+
+    def decode(
+        self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache
+    ) -> torch.Tensor:
+        """One token per sequence: x (B, hidden), cos/sin (B, 1, head_dim) or None."""
+        q, k, v = self._qkv(x, cos, sin)
+        k_all, v_all, mask = cache.append(self.layer_idx, k, v)
+        out = decode_attention(q, k_all, v_all, mask, self.scale)  # (B, n_q, head_dim)
+        return linear_residual(x, out.view(x.shape[0], self.n_q * self.head_dim), self.o)
 
 
 class MLP(nn.Module):
@@ -165,6 +173,13 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
         return self.mlp(self.attn(x, ctx))
+
+    def decode(
+        self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache
+    ) -> torch.Tensor:
+        """A generation step (see Attention.decode). Plain method calls: the decode loop
+        runs many small ops, where nn.Module.__call__ costs as much as an op."""
+        return self.mlp.forward(self.attn.decode(x, cos, sin, cache))
 
 
 class Head(nn.Module):

@@ -199,14 +199,26 @@ class ReaLModel(nn.Module):
         return self._run(x, position_ids, seqs, cache, head_rows)
 
     def decode_step(self, token_ids: torch.Tensor, position_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One generation step: token_ids (B,) at position_ids (B,) -> logits (B, vocab)."""
-        return self._run(token_ids, position_ids, None, cache, None)
+        """One generation step: token_ids (B,) at position_ids (B,) -> logits (B, vocab).
+
+        The hot loop of generation: layers are called through plain methods, rotary
+        comes from the cache's table, and nothing packed-specific is computed.
+        """
+        cos = sin = None
+        if cache.rotary is not None:
+            cos, sin = cache.rotary_at(position_ids)
+        modules = self._modules
+        h = modules["0"].forward(token_ids, position_ids)
+        for index in range(1, self.config.head_index):
+            h = modules[str(index)].decode(h, cos, sin, cache)
+        tied = modules["0"].wte.weight if self.config.tied_embedding else None
+        return modules[str(self.config.head_index)].forward(h, tied)
 
     def _run(
         self,
         x: torch.Tensor,
         position_ids: torch.Tensor,
-        seqs: PackedSeqs | None,
+        seqs: PackedSeqs,
         cache: KVCache | None,
         head_rows: torch.Tensor | None,
     ) -> torch.Tensor:

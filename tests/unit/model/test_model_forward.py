@@ -89,10 +89,11 @@ def _loss_weights(shape):
     return torch.randn(shape, generator=torch.Generator().manual_seed(3))
 
 
-def test_gradients_match_hf(hf_checkpoint):
+@pytest.mark.parametrize("batch", ["mixed", "equal_runs"])
+def test_gradients_match_hf(hf_checkpoint, batch):
     family, hf, path = hf_checkpoint
     model = load_hf_checkpoint(path)
-    ids, cu = packed_batch([7, 1, 12, 3])
+    ids, cu = packed_batch(LENGTHS[batch])
     w = _loss_weights((ids.numel(), VOCAB))
     (model(ids, cu) * w).sum().backward()
     (hf_packed_logits(hf, ids, cu) * w).sum().backward()

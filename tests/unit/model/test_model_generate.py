@@ -163,3 +163,46 @@ def test_dropping_stopped_rows_changes_nothing(hf_checkpoint, monkeypatch):
         torch.testing.assert_close(greedy.logprobs[s:e], alone.logprobs, atol=1e-5, rtol=0)
         assert bool(greedy.no_eos[i]) == bool(alone.no_eos[0])
     torch.testing.assert_close(out.logprobs, _recompute_logprobs(model, ids, cu, out, g), atol=1e-5, rtol=0)
+
+
+def test_batched_greedy_equals_hf_batched_generate(hf_checkpoint):
+    """The benchmark's setting: many mixed-length prompts, EOS banned until max_new_tokens,
+    against HF generating the same batch left-padded with its KV cache."""
+    _, hf, path = hf_checkpoint
+    model = load_hf_checkpoint(path)
+    lengths = [5, 1, 9, 3, 3, 12, 7, 2, 8, 4]
+    ids, cu = packed_batch(lengths, seed=9)
+    new = 20
+    out = generate(model, ids, cu, GenerationConfig(max_new_tokens=new, min_new_tokens=new, greedy=True), EOS)
+    width = max(lengths)
+    padded = torch.zeros((len(lengths), width), dtype=torch.long)
+    mask = torch.zeros_like(padded)
+    for i, prompt in enumerate(_split(ids, cu)):
+        padded[i, width - len(prompt):] = torch.tensor(prompt)
+        mask[i, width - len(prompt):] = 1
+    ref = hf.generate(padded, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                      eos_token_id=EOS, pad_token_id=0)[:, width:]
+    assert torch.equal(out.output_ids.view(len(lengths), new), ref)
+    assert out.no_eos.all()
+
+
+def test_padding_that_is_an_eos_id_does_not_lengthen_outputs(hf_checkpoint):
+    model = load_hf_checkpoint(hf_checkpoint[2])
+    ids, cu = packed_batch(PROMPTS, seed=5)
+    free = generate(model, ids, cu, GenerationConfig(max_new_tokens=10, greedy=True), None)
+    eos = int(free.output_ids[1])  # sequence 0 stops at its 2nd token, the others maybe later
+    out = generate(model, ids, cu, GenerationConfig(max_new_tokens=10, greedy=True), eos, pad_token_id=eos)
+    ref = generate(model, ids, cu, GenerationConfig(max_new_tokens=10, greedy=True), eos, pad_token_id=0)
+    assert torch.equal(out.output_cu_seqlens, ref.output_cu_seqlens) and torch.equal(out.output_ids, ref.output_ids)
+    assert len(_split(out.output_ids, out.output_cu_seqlens)[0]) == 2
+
+
+def test_results_can_enter_autograd(hf_checkpoint):
+    """The loop runs under inference_mode; what it returns must be ordinary tensors."""
+    model = load_hf_checkpoint(hf_checkpoint[2])
+    ids, cu = packed_batch(PROMPTS)
+    out = generate(model, ids, cu, GenerationConfig(max_new_tokens=4, top_k=5, return_logits_mask=True), EOS)
+    assert not any(t.is_inference() for t in (out.output_ids, out.logprobs, out.no_eos, out.logits_mask))
+    new_logp = torch.zeros_like(out.logprobs, requires_grad=True)
+    (torch.exp(new_logp - out.logprobs) * out.logprobs).sum().backward()  # saves logprobs for backward
+    assert new_logp.grad is not None
