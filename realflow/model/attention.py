@@ -97,22 +97,26 @@ def packed_causal_attention(
 
 
 def decode_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, mask: torch.Tensor, scale: float
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, bias: torch.Tensor, scale: float
 ) -> torch.Tensor:
     """One new query per sequence against its cached keys and values.
 
     q: (B, n_q_heads, head_dim); k_cache, v_cache: (B, n_kv_heads, L, head_dim);
-    mask: (B, 1, 1, L) float, 0 where a cache slot holds a token of that sequence
-    and -inf elsewhere. Returns (B, n_q_heads, head_dim).
+    bias: (B * n_kv_heads, 1, L) float, 0 where a cache slot holds a token of that
+    sequence and -inf elsewhere. Returns (B, n_q_heads, head_dim).
 
-    Query head h uses kv head h // group, so the group is folded into the query-length
-    axis: one non-causal fused SDPA call over (B, n_kv_heads, group, head_dim) queries,
-    with the cache as a strided view (never repeated or copied). On CPU this is as
-    fast as baddbmm + softmax + bmm at the smallest head sizes and up to ~1.8x faster
-    at head_dim 32, and faster than SDPA with one query per head and `enable_gqa`.
+    Three batched matmul-sized ops. Measured in the decode loop on CPU (2 threads),
+    this is 15% faster than one fused SDPA call with the group folded into the query
+    axis for a 0.1M-parameter model and as fast at 3M; SDPA with one query per head
+    and `enable_gqa` is slower still.
     """
     b, n_q, d = q.shape
-    n_kv = k_cache.shape[1]
-    q4 = q.view(b, n_kv, n_q // n_kv, d)
-    out = F.scaled_dot_product_attention(q4, k_cache, v_cache, attn_mask=mask, scale=scale)
+    n_kv, length = k_cache.shape[1], k_cache.shape[2]
+    group = n_q // n_kv
+    # Query head h uses kv head h // group: fold the group into the query axis.
+    q3 = q.reshape(b * n_kv, group, d)
+    k3 = k_cache.reshape(b * n_kv, length, d)  # a view: only the column axis was sliced
+    v3 = v_cache.reshape(b * n_kv, length, d)
+    scores = torch.baddbmm(bias, q3, k3.transpose(1, 2), alpha=scale)  # (B * n_kv, group, L)
+    out = torch.bmm(scores.softmax(-1), v3)  # (B * n_kv, group, head_dim)
     return out.view(b, n_q, d)

@@ -5,7 +5,7 @@ Layout: one tensor for keys and one for values, (n_layers, batch, n_kv_heads,
 capacity, head_dim). Prompts are stored *right-aligned*: prompt b of length L_b
 occupies columns [P - L_b, P) where P is the longest prompt, so every decode step
 writes all sequences at the same column (a plain slice copy, no scatter) and the
-attention mask is fixed once at prefill. Rotary positions are per sequence and do
+attention bias is fixed once at prefill. Rotary positions are per sequence and do
 not depend on the column; their cos/sin are tabulated once per generation so that a
 decode step looks them up with one `index_select`.
 
@@ -44,10 +44,11 @@ class KVCache:
         first = self.prompt_width - prompt_lens  # (B,) first valid column of each row
         cols = torch.arange(self.capacity, device=device)
         hidden = cols[None, :] < first[:, None]  # (B, capacity): left padding
-        # Additive attention mask, broadcast over kv heads and the query group:
-        # 0 on a sequence's own slots, -inf on its left padding.
-        mask = torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill_(hidden, float("-inf"))
-        self.mask = mask[:, None, None, :]  # (B, 1, 1, capacity)
+        # Additive attention bias, one row per (sequence, kv head) as decode attention
+        # batches them: 0 on a sequence's own slots, -inf on its left padding.
+        self.n_kv_heads = config.n_kv_heads
+        bias = torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill_(hidden, float("-inf"))
+        self.bias = bias.repeat_interleave(config.n_kv_heads, dim=0)[:, None, :]  # (B * n_kv, 1, capacity)
         # cos and signed sin of every position a sequence can reach, stacked:
         # (longest prompt + max_new_tokens, 2, head_dim); None with absolute positions.
         self.rotary: torch.Tensor | None = None
@@ -71,7 +72,8 @@ class KVCache:
         """Keep only the sequences `rows` (indices into the current batch), in that order."""
         self.k, self.v = self.k[:, rows], self.v[:, rows]
         self._split_blocks()
-        self.mask = self.mask[rows]
+        n_kv, capacity = self.n_kv_heads, self.capacity
+        self.bias = self.bias.view(-1, n_kv, capacity)[rows].view(-1, 1, capacity)
 
     def rotary_at(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin at position_ids (B,), each (B, 1, head_dim) (see rotary.apply_rotary)."""
@@ -90,7 +92,7 @@ class KVCache:
         """Write one decoded token per row (B, n_kv_heads, head_dim) at the current column.
 
         Returns the cached keys, values (B, n_kv_heads, column + 1, head_dim) and the
-        attention mask (B, 1, 1, column + 1) to attend over them with.
+        attention bias (B * n_kv_heads, 1, column + 1) to attend over them with.
         """
         col = self.column
         assert col is not None and col < self.capacity, (col, self.capacity)
@@ -98,4 +100,4 @@ class KVCache:
         k_cache.select(2, col).copy_(k)
         v_cache.select(2, col).copy_(v)
         end = col + 1
-        return k_cache[:, :, :end], v_cache[:, :, :end], self.mask[..., :end]
+        return k_cache[:, :, :end], v_cache[:, :, :end], self.bias[..., :end]

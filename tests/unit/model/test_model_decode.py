@@ -31,10 +31,10 @@ def test_decode_attention_matches_a_per_row_reference():
     v = torch.randn(b, n_kv, width, d, generator=g)
     q = torch.randn(b, n_q, d, generator=g)
     hidden = torch.arange(width)[None, :] < (width - lens)[:, None]
-    mask = torch.zeros(b, width).masked_fill_(hidden, float("-inf"))[:, None, None, :]
-    # Garbage in the masked slots must not leak (the cache zero-fills, but be strict).
+    bias = torch.zeros(b, width).masked_fill_(hidden, float("-inf")).repeat_interleave(n_kv, 0)[:, None, :]
+    # Large values in the masked slots must not leak (the cache zero-fills, but be strict).
     k = k.masked_fill(hidden[:, None, :, None], 1e4)
-    out = decode_attention(q, k, v, mask, d**-0.5)
+    out = decode_attention(q, k, v, bias, d**-0.5)
     torch.testing.assert_close(out, _reference_attention(q, k, v, lens, d**-0.5), atol=1e-5, rtol=0)
 
 
