@@ -40,13 +40,15 @@ setup(
         "numpy>=1.26",
         "matplotlib>=3.8",  # realflow graph --out x.png
         "math-verify>=0.7,<1",  # math answer verification (rewards)
+        # TensorBoard scalars of every run (run.tensorboard); torch.utils.tensorboard
+        # imports in ~0.3 s. Below 3: a major release may change the event-file API.
+        "tensorboard>=2.16,<3",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3"],
         "bench": ["trl>=0.20"],
         "ray": ["ray[default]>=2.40"],
         "megatron": ["megatron-core==0.16.1"],
-        "tensorboard": ["tensorboard>=2.16"],
     },
     entry_points={"console_scripts": ["realflow=realflow.apps.cli:main"]},
 )

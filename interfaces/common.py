@@ -179,12 +179,15 @@ def run_minibatches(
     stopped: dict[str, float] | None = None
     for epoch in range(n_epochs):
         for j, mb in enumerate(parts):
+            # Data-parallel replicas decide together (`dp_any`): a replica that left the
+            # loop alone would leave the others waiting in the gradient all-reduce.
             if stop_before is not None and (epoch, j) != (0, 0):
                 stopped = stop_before(mb)
-                if stopped is not None:
+                if engine.dp_any(stopped is not None):
+                    stopped = stopped or {}
                     break
-            if weight_fn(mb) == 0:
-                continue  # e.g. only greedy baselines in this mini-batch
+            if not engine.dp_any(weight_fn(mb) > 0):
+                continue  # e.g. only greedy baselines in this mini-batch (on every replica)
             stats = engine.train_batch(mb, fit_mb_spec(mb_spec, mb.bs), loss_fn, weight_fn)
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + float(v)

@@ -12,13 +12,13 @@
   advantages whitened over the response tokens of the batch (`adv_norm`), then
   the clipped-surrogate update (realflow.interfaces.policy).
 
-Deviation from InstructGPT: none in the math; the KL controller's state lives in
-the interface (`state_dict`), not in the checkpoint.
+Deviation from InstructGPT: none in the math. The KL controller's state is
+interface state (`state_dict`, from the shaping): it goes into the worker's resume
+state, not into the HF checkpoint.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from realflow.api.data import MicroBatchSpec, SequenceSample
 from realflow.api.interface import Model, ModelInterface, register_interface
@@ -57,9 +57,3 @@ class PPOActorInterface(GenerationArgs, PolicyArgs, RewardShapingArgs, ModelInte
         stats.update(policy_update(model, data, mb_spec, self, advantages=adv, loss_mask=shaped.loss_mask,
                                    temperature=self.train_temperature, who=who))
         return stats
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.shaping_state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.load_shaping_state_dict(state)

@@ -10,7 +10,9 @@
 Value normalisation (`value_norm=True`): the head learns returns normalised by an
 exponential running mean/std of the returns (ReaL's "exp" normaliser, `value_norm_beta`);
 inference denormalises, so the `values` key is always in reward units and the actor
-needs to know nothing about it. The statistics are interface state (`state_dict`).
+needs to know nothing about it. The statistics are interface state (`state_dict`):
+the critic's inference and train MFCs must be one instance (the runners share an
+instance between the MFCs of a role with equal arguments), and a resume restores it.
 """
 from __future__ import annotations
 
@@ -139,8 +141,8 @@ class PPOCriticInterface(RewardShapingArgs, ModelInterface):
         return stats
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.shaping_state_dict(), "value_normalizer": self.normalizer.state_dict()}
+        return {**super().state_dict(), "value_normalizer": self.normalizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.load_shaping_state_dict(state)
+        super().load_state_dict(state)
         self.normalizer.load_state_dict(state["value_normalizer"])

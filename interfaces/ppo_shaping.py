@@ -3,7 +3,8 @@
 Shared by `ppo_actor`, `ppo_critic` and `remax`, which must agree on it (the actor
 trains on the advantages, the critic on the returns of the same computation). Each
 keeps its own KL controller; both see the same KL every step, so an adaptive
-coefficient stays the same on both sides.
+coefficient stays the same on both sides. The controller is interface state
+(`state_dict`), saved with a worker's resume state.
 
     score_j  = reward_scaling * (rewards_j - reward_bias)        (0 if mask_no_eos_with_zero
                                                                    and sequence j was truncated)
@@ -145,8 +146,10 @@ class RewardShapingArgs:
         self.kl_controller.update(stats["ref_kl"], n_steps=score.numel())
         return Shaped(adv, ret, mask, v_act, stats)
 
-    def shaping_state_dict(self) -> dict[str, Any]:
+    # Interface state (ModelInterface.state_dict): every interface that shapes rewards
+    # (ppo_actor, ppo_critic, remax) saves its KL controller for an exact resume.
+    def state_dict(self) -> dict[str, Any]:
         return {"kl_controller": self.kl_controller.state_dict()}
 
-    def load_shaping_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.kl_controller.load_state_dict(state["kl_controller"])

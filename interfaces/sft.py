@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -39,6 +40,7 @@ class SFTInterface(ModelInterface):
     """Answer-only next-token loss."""
 
     logprobs_key: str = "packed_logprobs"
+    summed_stats: ClassVar[frozenset[str]] = frozenset({"n_tokens"})
 
     def train_step(self, model: Model, data: SequenceSample, mb_spec: MicroBatchSpec) -> dict[str, float]:
         require_keys(data, KEYS, "sft.train_step")

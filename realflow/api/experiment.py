@@ -98,12 +98,24 @@ class RunConfig:
     n_steps: int = 10
     fileroot: str = "runs"
     tokenizer_path: str | None = None  # None: the tokenizer bundled with realflow
-    save_freq_steps: int = 0  # 0: save only at the end
-    log_jsonl: bool = True
+    # checkpoints/step<k> every so many steps, epochs or seconds (0: off; any that
+    # fires saves); checkpoints/final is always written
+    save_freq_steps: int = 0
+    save_freq_epochs: int = 0
+    save_freq_secs: float = 0.0
+    log_jsonl: bool = True  # <fileroot>/<experiment>/<trial>/stats.jsonl
+    tensorboard: bool = True  # scalars under <fileroot>/<experiment>/<trial>/tensorboard
 
     def __post_init__(self) -> None:
         if self.n_steps < 1:
             raise ConfigError(f"run.n_steps must be >= 1, got {self.n_steps}")
+        for name in ("save_freq_steps", "save_freq_epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"run.{name} must be an int >= 0 (0: off), got {value!r}")
+        secs = self.save_freq_secs
+        if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not 0 <= secs < float("inf"):
+            raise ConfigError(f"run.save_freq_secs must be a finite number >= 0 (0: off), got {secs!r}")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Callable, ClassVar, Protocol, TypeVar
 
 import torch
 
@@ -51,6 +51,10 @@ class Engine(Protocol):
         input_key: str = "packed_input_ids",
     ) -> dict[str, float]: ...
 
+    def dp_any(self, flag: bool) -> bool:
+        """`flag` OR-ed over the model's data-parallel replicas (train engines)."""
+        ...
+
     def generate(
         self,
         prompt_ids: torch.Tensor,
@@ -83,7 +87,14 @@ class ModelInterface:
 
     Interfaces are constructed with the keyword arguments of `MFCDef.interface_args`
     (a dataclass interface gets them as fields).
+
+    Statistics an interface returns are means over its batch, except those named
+    in `summed_stats`: totals (counts of tokens, of sequences). When an MFC runs data
+    parallel, the runtime merges its shards' statistics accordingly (summed, or
+    averaged weighted by the shards' sample counts).
     """
+
+    summed_stats: ClassVar[frozenset[str]] = frozenset()
 
     def generate(self, model: Model, data: SequenceSample, mb_spec: MicroBatchSpec) -> SequenceSample:
         raise InterfaceError(f"{type(self).__name__} does not support generate")
@@ -99,6 +110,18 @@ class ModelInterface:
 
     def save(self, model: Model, save_dir: str) -> None:
         model.engine.save_hf(save_dir)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the interface learns while it runs (an adaptive KL coefficient, a value
+        normaliser): saved in the worker's resume state. Stateless interfaces: {}."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        if state:
+            raise InterfaceError(
+                f"{type(self).__name__} keeps no state, but the state to load has keys {sorted(state)}"
+            )
 
 
 I = TypeVar("I", bound=type)

@@ -1,6 +1,7 @@
 """`realflow run`, `realflow graph`, `realflow list`: experiments from the command line.
 
     realflow run sft run.n_steps=20 n_seqs=64 model.optimizer.lr=3e-4
+    realflow run ppo --workers 3 --place actor=0,1 --place critic=2   # actor data parallel on w0 and w1
     realflow graph ppo --out ppo.png        # or ppo.dot
     realflow list
 
@@ -19,10 +20,12 @@ from typing import Any
 import realflow.graphs  # noqa: F401  (registers the built-in experiments)
 from realflow.api.config import apply_overrides, to_yaml
 from realflow.api.dfg import build_graph
+from realflow.api.errors import ConfigError
 from realflow.api.experiment import EXPERIMENTS, ExperimentSpec
 from realflow.api.render import render_graph
 from realflow.system.inprocess import RunResult, run_inprocess
 from realflow.system.launcher import DistributedResult, LaunchConfig, run_local
+from realflow.system.master import default_allocation
 from realflow.system.user_files import import_user_file  # noqa: F401  (re-exported for the CLI)
 
 
@@ -33,8 +36,26 @@ def load_experiment(name: str, overrides: list[str]) -> tuple[Any, ExperimentSpe
     return cfg, exp.build(cfg)
 
 
+def parse_placements(items: list[str]) -> dict[str, list[int]]:
+    """`--place ROLE=W[,W...]` options as {role: worker indices}; ConfigError on bad syntax."""
+    out: dict[str, list[int]] = {}
+    for item in items:
+        role, sep, ws = item.partition("=")
+        try:
+            indices = [int(w) for w in ws.split(",")] if sep and role else None
+        except ValueError:
+            indices = None
+        if not indices:
+            raise ConfigError(f"--place '{item}': expected ROLE=W[,W...] with worker indices, e.g. actor=0,1")
+        if role in out:
+            raise ConfigError(f"--place: role '{role}' is placed twice")
+        out[role] = indices
+    return out
+
+
 def run_experiment(
-    name: str, overrides: list[str], workers: int = 0, user_files: list[str] | None = None
+    name: str, overrides: list[str], workers: int = 0, user_files: list[str] | None = None,
+    placements: dict[str, list[int]] | None = None,
 ) -> RunResult | DistributedResult:
     """Run a registered experiment; its full config goes to <run dir>/config.yaml.
 
@@ -46,8 +67,15 @@ def run_experiment(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(f"# realflow run {name}\n" + to_yaml(cfg))
     logging.getLogger(__name__).info("experiment %s: config in %s", name, run_dir / "config.yaml")
+    if placements and not workers:
+        raise ConfigError(f"--place {placements} needs --workers N (placements are of model workers)")
     if workers:
-        return run_local(spec, cfg.run, LaunchConfig(n_workers=workers, user_files=tuple(user_files or ())))
+        allocation: dict[str, Any] | None = None
+        if placements:
+            # Roles not placed explicitly keep the default round-robin worker.
+            allocation = {**{r: ws for r, ws in default_allocation(spec, workers).items()}, **placements}
+        return run_local(spec, cfg.run, LaunchConfig(n_workers=workers, allocation=allocation,
+                                                     user_files=tuple(user_files or ())))
     return run_inprocess(spec, cfg.run)
 
 
@@ -61,6 +89,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
     parser.add_argument("--workers", type=int, default=0,
                         help="run as a master plus N model-worker processes (default 0: in this process)")
+    parser.add_argument("--place", action="append", default=[], metavar="ROLE=W[,W...]",
+                        help="put a model role on these workers (several: data parallel); default round-robin")
 
 
 def add_graph_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +105,8 @@ def add_list_arguments(parser: argparse.ArgumentParser) -> None:
 def main_run(args: argparse.Namespace) -> int:
     for f in args.file:
         import_user_file(f)
-    result = run_experiment(args.experiment, args.overrides, workers=args.workers, user_files=args.file)
+    result = run_experiment(args.experiment, args.overrides, workers=args.workers, user_files=args.file,
+                            placements=parse_placements(args.place))
     print(f"finished {len({r.step for r in result.records})} steps; logs and checkpoints in {result.run_dir}")
     return 0
 

@@ -7,8 +7,16 @@ micro-batches), clips the gradient norm, steps AdamW and the LR schedule, and
 returns statistics. `forward` runs inference micro-batch by micro-batch and gives
 the outputs back in the original sample order.
 
-Deliberately not here: data parallelism and the megatron-core backend (they wrap
-this same contract), and any loss: the interface passes `loss_fn`.
+Data parallelism: a `TrainEngine` with a `dp_group` (set by the model worker when
+a role is placed on several workers) trains on its shard of the batch and makes
+the step equal to one step on the union of the shards: the loss-token total is
+summed over the group first (so every micro-batch is weighted by its share of the
+*global* loss tokens), the flat gradient buffer is all-reduced (summed) before
+clipping, and the statistics are summed the same way. Every replica then takes the
+same optimizer step, so the replicas stay identical without broadcasting weights.
+
+Deliberately not here: the megatron-core backend (it wraps this same contract),
+and any loss: the interface passes `loss_fn`.
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import math
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 
 from realflow.api.config import OptimizerConfig
 from realflow.api.data import MicroBatchSpec, SequenceSample
@@ -130,6 +139,8 @@ class TrainEngine(InferenceEngine):
         self.optimizer = make_optimizer(module.named_parameters(), cfg)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg, total_steps)
         self.skipped_steps = 0
+        # The data-parallel replicas of this model (None: this engine trains alone).
+        self.dp_group: dist.ProcessGroup | None = None
 
     def train_batch(
         self,
@@ -149,9 +160,10 @@ class TrainEngine(InferenceEngine):
         self.module.train()
         mbs, _, _ = sample.split_mbs(mb_spec, key=input_key)
         weights = [float(loss_weight_fn(mb)) for mb in mbs]
-        total = sum(weights)
+        total = self._dp_sum(sum(weights))
         if not total > 0:
-            raise DataError(f"train_batch: the batch has no loss tokens (weights per micro-batch: {weights})")
+            where = "" if self.dp_group is None else " summed over the data-parallel group"
+            raise DataError(f"train_batch: the batch has no loss tokens{where} (weights per micro-batch: {weights})")
         self.module.zero_grad(set_to_none=False)
         stats: dict[str, float] = {}
         loss_sum = 0.0
@@ -164,9 +176,51 @@ class TrainEngine(InferenceEngine):
             loss_sum += float(loss.detach()) * w / total
             for k, v in mb_stats.items():
                 stats[k] = stats.get(k, 0.0) + float(v) * w / total
+        if self.dp_group is not None:
+            self._all_reduce_grads()
+            stats, loss_sum = self._sum_stats(stats, loss_sum)
         grad_norm = self._clip_and_step()
         stats.update(loss=loss_sum, grad_norm=grad_norm, lr=self.optimizer.param_groups[0]["lr"])
         return stats
+
+    def dp_any(self, flag: bool) -> bool:
+        """True if `flag` is true on any data-parallel replica (just `flag` alone).
+
+        For decisions that change how many collective steps follow (early stop,
+        skipping a mini-batch): every replica must take the same branch.
+        """
+        return bool(flag) if self.dp_group is None else self._dp_sum(float(bool(flag))) > 0
+
+    def _dp_sum(self, x: float) -> float:
+        if self.dp_group is None:
+            return x
+        t = torch.tensor([x], dtype=torch.float64)
+        dist.all_reduce(t, group=self.dp_group)
+        return float(t)
+
+    def _all_reduce_grads(self) -> None:
+        """Sum the gradients over the data-parallel group: one call on the flat buffer."""
+        flat = getattr(self.module, "flat_grads", None)
+        if flat is not None:
+            dist.all_reduce(flat, group=self.dp_group)
+            return
+        for p in self.module.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad, group=self.dp_group)
+
+    def _sum_stats(self, stats: dict[str, float], loss_sum: float) -> tuple[dict[str, float], float]:
+        """Each replica's share of the weighted means, summed over the group.
+
+        A replica whose micro-batches had no loss tokens reports no keys, so the
+        keys are merged by name (`all_gather_object`), not by position.
+        """
+        gathered: list[Any] = [None] * dist.get_world_size(self.dp_group)
+        dist.all_gather_object(gathered, (loss_sum, stats), group=self.dp_group)
+        merged: dict[str, float] = {}
+        for _, part in gathered:
+            for k, v in part.items():
+                merged[k] = merged.get(k, 0.0) + v
+        return merged, sum(part_loss for part_loss, _ in gathered)
 
     def _clip_and_step(self) -> float:
         params = [p for p in self.module.parameters() if p.grad is not None]

@@ -8,6 +8,7 @@ checkpoint and saves as one.
 from __future__ import annotations
 
 import dataclasses
+from typing import Collection
 
 import torch
 import transformers
@@ -87,9 +88,14 @@ def build_role_models(
     bos_token_id: int | None,
     eos_token_id: int | None,
     seed: int,
+    roles: Collection[str] | None = None,
 ) -> dict[str, ReaLModel]:
     """One ReaLModel per role, from a local HF directory or random from `arch`
     (roles marked `model_free` get none).
+
+    `roles` (default: all) limits what is returned; the roles they initialise from
+    (`init_from`, transitively) are built too and then dropped. A role's weights
+    do not depend on which other roles are built.
 
     Roles with `init_from` are built after their source, with its architecture,
     and start from its weights (a critic keeps a fresh value head); their own
@@ -98,7 +104,16 @@ def build_role_models(
     role does not change the others.
     """
     models: dict[str, ReaLModel] = {}
-    pending = {role: spec for role, spec in specs.items() if not spec.model_free}
+    wanted = set(specs) if roles is None else set(roles)
+    needed: set[str] = set()
+    stack = [r for r in wanted if r in specs]
+    while stack:
+        role = stack.pop()
+        if role not in needed:
+            needed.add(role)
+            if specs[role].init_from is not None and specs[role].init_from in specs:
+                stack.append(specs[role].init_from)  # type: ignore[arg-type]
+    pending = {role: spec for role, spec in specs.items() if not spec.model_free and role in needed}
     while pending:
         progressed = False
         for role, spec in list(pending.items()):
@@ -128,5 +143,9 @@ def build_role_models(
             del pending[role]
             progressed = True
         if not progressed:
+            unknown = {r: s.init_from for r, s in pending.items() if s.init_from not in specs}
+            if unknown:
+                raise ConfigError(f"model roles initialise from roles that do not exist (init_from): {unknown}; "
+                                  f"roles: {sorted(specs)}")
             raise ConfigError(f"model roles {sorted(pending)} initialise from each other in a cycle (init_from)")
-    return models
+    return {role: model for role, model in models.items() if role in wanted}

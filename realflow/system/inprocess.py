@@ -13,12 +13,11 @@ below (`RoleSet`, `DataCursor`, `Scheduler`) across processes.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Collection
+from typing import Any, Callable, Collection, Iterable
 
 import torch
 import transformers
@@ -35,6 +34,7 @@ from realflow.assets import tokenizer_path
 from realflow.engine.train import InferenceEngine, TrainEngine
 from realflow.model.builder import build_role_models
 from realflow.system.data_cursor import DataCursor
+from realflow.system.step_log import MFCRecord, SaveTrigger, StepLogger
 from realflow.tasks.arithmetic import FILE_FOR_DATASET, write_arithmetic_task
 
 logger = logging.getLogger(__name__)
@@ -72,13 +72,19 @@ class RoleSet:
 
     @classmethod
     def build(
-        cls, spec: ExperimentSpec, tokenizer: Any, run: RunConfig, roles: Collection[str] | None = None
+        cls, spec: ExperimentSpec, tokenizer: Any, run: RunConfig, roles: Collection[str] | None = None,
+        dp_ranks: dict[str, int] | None = None,
     ) -> RoleSet:
         """Models and engines of `roles` (default: every role of `spec`).
 
-        Every module is built even for a subset, because a role may start from
-        another's weights (`init_from`) and engine seeds follow the role's index among
-        all roles: a worker hosting a subset gets bit-identical models and samplers.
+        `dp_ranks[role]` (default 0) is this replica's index among the data-parallel
+        workers of a role: it offsets the engine's sampling seed, so replicas do not
+        draw the same random numbers for different prompts. Replica 0 samples exactly
+        as the single-process run does.
+
+        Only the modules of `roles` (and the roles they start from, `init_from`) are
+        built; weights and engine seeds follow each role's index among all roles, so a
+        worker hosting a subset gets bit-identical models and samplers.
         """
         modules = build_role_models(
             spec.models,
@@ -86,6 +92,7 @@ class RoleSet:
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             seed=run.seed,
+            roles=roles,
         )
         trained = {m.role: m.name for m in spec.mfcs if m.kind is MFCKind.TRAIN_STEP}
         models = {
@@ -93,11 +100,11 @@ class RoleSet:
             for role, mspec in spec.models.items()
             if mspec.model_free and (roles is None or role in roles)
         }
-        for i, (role, module) in enumerate(sorted(modules.items())):
-            if roles is not None and role not in roles:
-                continue
+        index = {role: i for i, role in enumerate(sorted(r for r, s in spec.models.items() if not s.model_free))}
+        for role, module in sorted(modules.items()):
+            i = index[role]
             mspec = spec.models[role]
-            seed = run.seed * 7919 + i
+            seed = run.seed * 7919 + i + 104729 * (dp_ranks or {}).get(role, 0)
             if role in trained:
                 if mspec.optimizer is None:
                     raise ConfigError(
@@ -110,22 +117,6 @@ class RoleSet:
                 engine = InferenceEngine(module, seed=seed)
             models[role] = Model(ModelName(role), module, tokenizer, engine)
         return cls(models)
-
-
-@dataclass
-class MFCRecord:
-    """What one MFC call of one step did."""
-
-    step: int
-    mfc: str
-    seconds: float
-    n_seqs: int
-    n_tokens: int
-    stats: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.n_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
@@ -164,26 +155,34 @@ def call_mfc(mfc: MFCDef, interface: ModelInterface, model: Model, batch: Sequen
     return out, {}
 
 
+def build_interfaces(mfcs: Iterable[MFCDef]) -> dict[str, ModelInterface]:
+    """The interface of each MFC, by MFC name: one instance per (role, interface, arguments).
+
+    MFCs of one role that name the same interface with equal arguments share one
+    instance, and so its state (`ModelInterface.state_dict`): the critic's inference
+    denormalises values with the normaliser its train step updates, and the actor's
+    MFCs see one KL controller. An instance per MFC would let the copies drift apart
+    silently. MFCs with other arguments (an actor inference that recomputes old
+    log-probs under another `logprobs_key`) get their own instance. Both runners
+    build their interfaces here, so they share alike.
+    """
+    out: dict[str, ModelInterface] = {}
+    built: list[tuple[str, str, dict[str, Any], ModelInterface]] = []
+    for m in mfcs:
+        args = dict(m.interface_args)
+        same = [i for role, kind, a, i in built if (role, kind, a) == (m.role, m.interface_type, args)]
+        if same:
+            out[m.name] = same[0]
+        else:
+            out[m.name] = make_interface(m.interface_type, **args)
+            built.append((m.role, m.interface_type, args, out[m.name]))
+    return out
+
+
 def end_train_step(mfc: MFCDef, model: Model) -> None:
     """After an MFC call: a train step advances its engine (LR schedule, parameter version)."""
     if mfc.kind is MFCKind.TRAIN_STEP:
         model.engine.end_step()  # type: ignore[attr-defined]
-
-
-def log_step(step: int, n_steps: int | None, epoch: int, records: list[MFCRecord], jsonl: IO[str] | None) -> None:
-    """The per-step log line, and one JSONL line per MFC record (the in-process and distributed runners)."""
-    parts = [f"step {step + 1}/{n_steps} epoch {epoch + 1}"]
-    for r in records:
-        shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(r.stats.items()))
-        parts.append(f"{r.mfc} {r.seconds * 1e3:.0f}ms {r.tokens_per_s:.0f}tok/s {shown}".rstrip())
-    logger.info(" | ".join(parts))
-    if jsonl is not None:
-        for r in records:
-            # The interface's statistics sit under "stats" so that none of their
-            # names (an interface may report its own n_tokens) shadows the runner's.
-            jsonl.write(json.dumps({"step": r.step, "mfc": r.mfc, "seconds": r.seconds,
-                                    "n_seqs": r.n_seqs, "n_tokens": r.n_tokens, "stats": r.stats}) + "\n")
-        jsonl.flush()
 
 
 def save_role(interface: ModelInterface, model: Model, tokenizer: Any, out: Path) -> None:
@@ -210,17 +209,17 @@ class InProcessRunner:
             known_models=[ModelName(r) for r in spec.models],
         )
         self.roles = RoleSet.build(spec, self.tokenizer, run)
-        self.interfaces = {m.name: make_interface(m.interface_type, **dict(m.interface_args)) for m in spec.mfcs}
+        self.interfaces = build_interfaces(spec.mfcs)
         self.train_mfcs = train_mfc_by_role(self.graph)
         self.cursor = DataCursor(self.dataset, batch_size=spec.mfcs[0].n_seqs, seed=run.seed)
         self.scheduler = Scheduler(self.graph, n_steps=run.n_steps)
         self.records: list[MFCRecord] = []
-        self._log = (self.run_dir / "stats.jsonl").open("a") if run.log_jsonl else None
 
     def run_all(self, on_step: Callable[[int, list[MFCRecord]], None] | None = None) -> RunResult:
         batches: dict[int, SequenceSample] = {}
         step_records: dict[int, list[MFCRecord]] = {}
-        try:
+        trigger = SaveTrigger.for_run(self.run, self.cursor.batches_per_epoch)
+        with StepLogger.for_run(self.run, self.run_dir, logger) as step_log:
             while self.scheduler.is_active():
                 ready = self.scheduler.get_ready()
                 if not ready:
@@ -233,10 +232,7 @@ class InProcessRunner:
                 step_records.setdefault(step, []).append(record)
                 if self.scheduler.done(step, name):
                     del batches[step]
-                    self._finish_step(step, step_records.pop(step), on_step)
-        finally:
-            if self._log is not None:
-                self._log.close()
+                    self._finish_step(step, step_records.pop(step), step_log, trigger, on_step)
         self.save(self.run_dir / "checkpoints" / "final")
         return RunResult(self.records, self.roles.models, self.run_dir)
 
@@ -251,11 +247,13 @@ class InProcessRunner:
         end_train_step(mfc, model)
         return MFCRecord(step, name, seconds, batch.bs, n_tokens(batch.select(mfc.input_keys)), stats)
 
-    def _finish_step(self, step: int, records: list[MFCRecord], on_step: Callable | None) -> None:
+    def _finish_step(self, step: int, records: list[MFCRecord], step_log: StepLogger, trigger: SaveTrigger,
+                     on_step: Callable | None) -> None:
         self.records.extend(records)
-        log_step(step, self.run.n_steps, self.cursor.epoch, records, self._log)
-        if self.run.save_freq_steps and (step + 1) % self.run.save_freq_steps == 0:
+        step_log.log_step(step, self.cursor.epoch, records)
+        if trigger.should_save(step + 1):
             self.save(self.run_dir / "checkpoints" / f"step{step + 1}")
+            trigger.saved()
         if on_step is not None:
             on_step(step, records)
 

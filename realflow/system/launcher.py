@@ -8,7 +8,9 @@
 2. picks a free 127.0.0.1 port for the torch.distributed (gloo) rendezvous of the
    workers (the master is not part of that world: it moves no tensors);
 3. starts `python -m realflow.system.worker --index i ...` per worker, each in its
-   own process group, with one CPU thread, logging to `<run dir>/logs/w<i>.log`;
+   own process group, with one CPU thread, logging to `<run dir>/logs/w<i>.log`
+   (a thread copies new lines of those files to this console, prefixed `[w<i>]`,
+   unless `LaunchConfig.merge_worker_logs` is off);
 4. connects to each worker as it publishes its address (failing early, with the
    worker's exit code and log tail, if one dies while starting), and runs the
    `Master` here;
@@ -35,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import IO, BinaryIO, Callable
 
 from realflow.api.errors import ConfigError, RealflowError
 from realflow.api.experiment import ExperimentSpec, RunConfig
@@ -59,7 +61,8 @@ class LaunchError(RealflowError):
 @dataclass(frozen=True)
 class LaunchConfig:
     n_workers: int = 2
-    allocation: dict[str, int] | None = None  # role -> worker index; None: round-robin
+    # role -> a worker index, or several (data parallel over them); None: round-robin, one each
+    allocation: dict[str, int | tuple[int, ...] | list[int]] | None = None
     heartbeat: HeartbeatPolicy = HeartbeatPolicy(interval_s=1.0, timeout_s=5.0)
     timeouts: MasterTimeouts = MasterTimeouts()
     start_timeout_s: float = 120.0
@@ -68,6 +71,7 @@ class LaunchConfig:
     user_files: tuple[str, ...] = ()  # Python files every worker imports first (the CLI's --file)
     resume_from: Path | None = None  # a checkpoint directory written by Master.save (e.g. checkpoints/step2)
     stop_after_steps: int | None = None  # stop after this many steps with a resumable checkpoint
+    merge_worker_logs: bool = True  # copy the workers' log lines to this console (stderr), prefixed [w<i>]
 
 
 @dataclass
@@ -151,6 +155,61 @@ class _Workers:
             deadline = time.monotonic() + grace_s
 
 
+class _LogMerger:
+    """The merged console view: a thread that copies every new line of each worker's
+    log file to the console, prefixed with the worker's name (`[w1] ...`).
+
+    Lines go to `out` (default: `sys.stderr` at the time of writing, where the
+    master's own log lines go). A partial last line waits for its newline. `stop()`
+    ends the thread, then drains every file to its end (partial lines included), so
+    nothing a worker wrote before it exited is lost; call it after reaping them.
+    """
+
+    def __init__(self, logs: list[Path], names: list[str], out: IO[str] | None = None, poll_s: float = 0.2) -> None:
+        self.logs, self.names, self.out, self.poll_s = logs, names, out, poll_s
+        self._files: dict[int, BinaryIO] = {}
+        self._partial = [b""] * len(logs)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="realflow-log-merge", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._pump(final=True)  # after the join: one thread reads the files at a time
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self._pump(final=False)
+
+    def _pump(self, final: bool) -> None:
+        lines = []
+        for i, path in enumerate(self.logs):
+            if i not in self._files:
+                try:
+                    self._files[i] = path.open("rb")
+                except OSError:
+                    continue  # not created yet (the launcher failed before starting this worker)
+            *complete, rest = (self._partial[i] + self._files[i].read()).split(b"\n")
+            if final and rest:
+                complete, rest = [*complete, rest], b""
+            self._partial[i] = rest
+            lines += [f"[{self.names[i]}] {line.decode(errors='replace')}\n" for line in complete]
+        if lines:
+            out = self.out or sys.stderr
+            try:
+                out.write("".join(lines))
+                out.flush()
+            except (OSError, ValueError):  # a closed console must not stop the run
+                pass
+
+
 def run_local(
     spec: ExperimentSpec,
     run: RunConfig,
@@ -173,6 +232,8 @@ def run_local(
     dist_init = f"tcp://127.0.0.1:{free_port()}"
 
     workers = _Workers(run_dir, launch.n_workers)
+    merger = _LogMerger(workers.logs, [worker_name(i) for i in range(launch.n_workers)]) \
+        if launch.merge_worker_logs else None
     client = RequestClient(secret, heartbeat=launch.heartbeat)
     restore = _raise_on_sigterm()
     try:
@@ -181,6 +242,8 @@ def run_local(
             "--experiment", run.experiment_name, "--trial", run.trial_name, "--name-root", str(name_root),
             "--idle-timeout", str(launch.worker_idle_timeout_s),
         ], env)
+        if merger is not None:
+            merger.start()
         _connect(client, resolver, run, workers, launch.start_timeout_s)
         master = Master(spec, run, client, launch.n_workers, dist_init, launch.allocation, launch.timeouts,
                         user_files=tuple(str(Path(f).resolve()) for f in launch.user_files),
@@ -199,6 +262,8 @@ def run_local(
         _exit_workers(client, workers)
         client.close()
         workers.reap(launch.grace_s)
+        if merger is not None:
+            merger.stop()  # after the reap: drains what the workers wrote last
         restore()
         secret_path.unlink(missing_ok=True)
 

@@ -7,10 +7,16 @@ each (sample id, key). Tensors stay on the workers:
 
 - the *data worker* (worker 0) loads each step's samples from its own copy of the
   data set, given the indices the cursor picked (FETCH_DATA), and reports metadata;
-- a ready MFC goes to the worker hosting its role (`allocation`, role -> worker
-  index) with a `TransferPlan` (realflow.system.transfer_plan) that moves its input
-  keys from the workers holding them; the sources get a TRANSFER request with the
-  same plan at the same time;
+- a ready MFC goes to the workers hosting its role (`allocation`, role -> worker
+  indices). A role on k > 1 workers is data parallel: the step's samples are cut
+  into k contiguous shards balanced by tokens (`partition_balanced` over the
+  lengths of the MFC's first input key), each worker runs the MFC on its shard,
+  and a train MFC's replicas sum their gradients (realflow.engine.train). With the
+  requests goes one `TransferPlan` (realflow.system.transfer_plan) that moves every
+  shard's input keys from the workers holding them; sources outside the role get a
+  TRANSFER request with the same plan at the same time. The shards' outputs stay
+  where they were made; their statistics are merged as means weighted by the
+  shards' sample counts (a train step's are already global, so they agree);
 - a worker has at most one request in flight, and an MFC is dispatched only when
   its worker and every source of its plan are free. So transfers never wait on a
   peer busy with something else (no deadlock), and MFCs on disjoint workers run
@@ -18,12 +24,13 @@ each (sample id, key). Tensors stay on the workers:
 - when a step is done its samples are freed on every worker holding them.
 
 The parameter-version rule (generate of step t+1 after train of step t) is the
-Scheduler's. Per-step log lines and stats JSONL are the in-process runner's
-(`log_step`); checkpoints (HF format, per trained role) are written by the workers
-hosting those roles (SAVE).
+Scheduler's. Per-step log lines, stats JSONL, TensorBoard scalars and when to save
+are those of the in-process runner (`realflow.system.step_log`), the lines under this
+module's logger; checkpoints (HF format, per trained role) are written by the
+workers hosting those roles (SAVE).
 
-Not here: processes (realflow.system.launcher), data-parallel splits of one MFC
-over several workers (one worker per role for now), exact resume.
+Not here: processes (realflow.system.launcher); tensor or pipeline parallelism
+inside a worker.
 """
 from __future__ import annotations
 
@@ -31,16 +38,18 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Hashable
+from typing import Any, Callable, Collection, Hashable, Mapping, Sequence
 
 from realflow.api.data import SequenceSample
+from realflow.api.partition import partition_balanced
 from realflow.api.dfg import ModelName, build_graph, mfc_of, train_mfc_by_role
 from realflow.api.errors import ConfigError
 from realflow.api.experiment import ExperimentSpec, RunConfig
 from realflow.api.interface import INTERFACES
 from realflow.api.scheduler import Scheduler
 from realflow.system.data_cursor import DataCursor
-from realflow.system.inprocess import MFCRecord, log_step, n_tokens
+from realflow.system.inprocess import n_tokens
+from realflow.system.step_log import MFCRecord, SaveTrigger, StepLogger
 from realflow.system.messages import Request, RequestKind
 from realflow.system.request_client import RequestClient
 from realflow.system.transfer_plan import DataKey, Need, TransferPlan, sizes_from_meta, transfer_plan
@@ -66,21 +75,77 @@ class MasterTimeouts:
     save_s: float = 300.0
 
 
-def default_allocation(spec: ExperimentSpec, n_workers: int) -> dict[str, int]:
-    """Roles round-robin over the workers, in sorted order."""
-    return {role: i % n_workers for i, role in enumerate(sorted(spec.models))}
+Allocation = dict[str, tuple[int, ...]]  # role -> its workers (sorted); several: data parallel
 
 
-def check_allocation(spec: ExperimentSpec, allocation: dict[str, int], n_workers: int) -> dict[str, int]:
+def default_allocation(spec: ExperimentSpec, n_workers: int) -> Allocation:
+    """Roles round-robin over the workers, in sorted order, one worker each."""
+    return {role: (i % n_workers,) for i, role in enumerate(sorted(spec.models))}
+
+
+def check_allocation(
+    spec: ExperimentSpec, allocation: Mapping[str, int | Sequence[int]], n_workers: int
+) -> Allocation:
+    """`allocation` (role -> a worker index or a list of them) checked and normalised.
+
+    Raises one ConfigError listing roles without workers, unknown roles, bad worker
+    indices, and MFCs with fewer samples than their role has workers.
+    """
     missing = sorted(set(spec.models) - set(allocation))
     unknown = sorted(set(allocation) - set(spec.models))
-    bad = {r: w for r, w in allocation.items() if not (isinstance(w, int) and 0 <= w < n_workers)}
+    out: Allocation = {}
+    bad: dict[str, Any] = {}
+    for role, ws in allocation.items():
+        listed = [ws] if isinstance(ws, int) else ws
+        ok = isinstance(listed, (list, tuple)) and len(listed) > 0 and len(set(listed)) == len(listed) and all(
+            isinstance(w, int) and not isinstance(w, bool) and 0 <= w < n_workers for w in listed
+        )
+        if ok:
+            out[role] = tuple(sorted(listed))
+        else:
+            bad[role] = ws
     if missing or unknown or bad:
         raise ConfigError(
-            f"allocation {allocation}: roles without a worker {missing or '-'}, unknown roles {unknown or '-'}, "
-            f"worker indices outside 0..{n_workers - 1}: {bad or '-'} (roles: {sorted(spec.models)})"
+            f"allocation {dict(allocation)}: roles without a worker {missing or '-'}, unknown roles {unknown or '-'}, "
+            f"not one or more distinct worker indices in 0..{n_workers - 1}: {bad or '-'} "
+            f"(roles: {sorted(spec.models)})"
         )
-    return dict(allocation)
+    small = [f"'{m.name}' has n_seqs={m.n_seqs} but role '{m.role}' is on {len(out[m.role])} workers"
+             for m in spec.mfcs if m.role in out and m.n_seqs < len(out[m.role])]
+    if small:
+        raise ConfigError(f"allocation: every data-parallel worker needs at least one sample: {'; '.join(small)}")
+    return out
+
+
+def shard_ids(meta: SequenceSample, key: str, workers: Sequence[int]) -> list[tuple[int, tuple[Hashable, ...]]]:
+    """(worker, ids) per data-parallel shard: contiguous, balanced by the tokens of `key`."""
+    ids = list(meta.ids)
+    if len(workers) == 1:
+        return [(workers[0], tuple(ids))]
+    sizes = [sum(meta.seqlens[key][i]) for i in range(len(ids))]
+    return [(w, tuple(ids[a:b])) for w, (a, b) in zip(workers, partition_balanced(sizes, len(workers)))]
+
+
+def merge_shard_stats(
+    shards: Sequence[tuple[Mapping[str, float], int]], summed: Collection[str] = ()
+) -> dict[str, float]:
+    """The statistics of a data-parallel MFC from its shards' (stats, n samples).
+
+    A statistic in `summed` (a total, `ModelInterface.summed_stats`) is summed over
+    the shards; any other is the mean over the shards that report it, weighted by
+    their sample counts. Statistics a train step reduced over the group already
+    agree on every shard, so they come out as they went in.
+    """
+    if len(shards) == 1:
+        return dict(shards[0][0])
+    total: dict[str, float] = {}
+    weight: dict[str, int] = {}
+    for stats, n in shards:
+        for k, v in stats.items():
+            w = 1 if k in summed else n
+            total[k] = total.get(k, 0.0) + float(v) * w
+            weight[k] = weight.get(k, 0) + n
+    return {k: total[k] if k in summed else total[k] / weight[k] for k in total}
 
 
 @dataclass
@@ -100,7 +165,7 @@ class Master:
         client: RequestClient,
         n_workers: int,
         dist_init: str,
-        allocation: dict[str, int] | None = None,
+        allocation: Mapping[str, int | Sequence[int]] | None = None,
         timeouts: MasterTimeouts = MasterTimeouts(),
         user_files: tuple[str, ...] = (),
         resume_from: Path | None = None,
@@ -117,6 +182,9 @@ class Master:
         self._steps: dict[int, _Step] = {}
         self._busy: set[int] = set()
         self._inflight: dict[str, tuple[Request, int, str | None, frozenset[int]]] = {}  # id -> (req, step, mfc, ranks)
+        # Results of data-parallel MFCs as their shards come back: (step, mfc) -> shard index -> result.
+        self._shards: dict[tuple[int, str], tuple[dict[int, MFCResult], list[int]]] = {}  # + shard sizes
+        self._shard_of: dict[str, int] = {}  # request id -> shard index
 
     # ----------------------------------------------------------------- set-up
 
@@ -124,11 +192,12 @@ class Master:
         """CONFIGURE every worker (collectively: they join one gloo world), then build the graph."""
         payloads = {}
         for w in range(self.n_workers):
-            roles = tuple(sorted(r for r, i in self.allocation.items() if i == w))
+            roles = tuple(sorted(r for r, ws in self.allocation.items() if w in ws))
             payloads[worker_name(w)] = WorkerSetup(
                 self.spec, self.run, roles, w, self.n_workers, self.dist_init, load_data=(w == DATA_WORKER),
                 user_files=self.user_files,
                 resume_dir=None if self.resume_from is None else str(self.resume_from / WORKER_STATE),
+                role_workers=dict(self.allocation),
             )
         infos = self.client.call_all(RequestKind.CONFIGURE, payloads, timeout=self.timeouts.configure_s)
         data: DataInfo = infos[worker_name(DATA_WORKER)]
@@ -149,9 +218,8 @@ class Master:
     def run_all(self, on_step: OnStep = None, stop_after_steps: int | None = None) -> list[MFCRecord]:
         """Step until `run.n_steps` are done, or stop (with a resumable checkpoint
         `checkpoints/step<k>`) once `stop_after_steps` steps are complete."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.run_dir / "stats.jsonl").open("a") if self.run.log_jsonl else None
-        try:
+        trigger = SaveTrigger.for_run(self.run, self.cursor.batches_per_epoch)
+        with StepLogger.for_run(self.run, self.run_dir, logger) as log:
             done_steps: set[int] = set()  # done in the scheduler; finished once no request of theirs is out
             while self.scheduler.is_active() or self._inflight:
                 if stop_after_steps is not None and self.scheduler.completed_steps >= stop_after_steps \
@@ -166,30 +234,28 @@ class Master:
                     request, step, name, ranks = self._inflight.pop(response.request_id)
                     self._busy -= ranks
                     payload = response.unwrap()
-                    if name is not None and self._mfc_done(step, name, payload):
+                    if name is not None and self._shard_done(response.request_id, step, name, payload):
                         done_steps.add(step)
                 # A source's TRANSFER reply may come after its consumer's RUN_MFC reply.
                 for step in sorted(done_steps):
                     if not any(s == step for _, s, _, _ in self._inflight.values()):
                         done_steps.discard(step)
-                        self._finish_step(step, log, on_step)
-        finally:
-            if log is not None:
-                log.close()
+                        self._finish_step(step, log, trigger, on_step)
         self.save(self.run_dir / "checkpoints" / "final")
         return self.records
 
     def _dispatch_ready(self) -> None:
         for step, name in self.scheduler.get_ready():
             mfc = mfc_of(self.graph, name)
-            w = self.allocation[mfc.role]
+            workers = self.allocation[mfc.role]
             if step not in self._steps:
                 if self._busy:
                     continue  # a new step's data comes once the workers are free
                 self._fetch(step)
             st = self._steps[step]
-            plan = self._plan(st, w, mfc.input_keys)
-            ranks = frozenset({w, *plan.ranks()})
+            shards = shard_ids(st.meta, mfc.input_keys[0], workers)
+            plan = self._plan(st, shards, mfc.input_keys)
+            ranks = frozenset({*workers, *plan.ranks()})
             if ranks & self._busy:
                 continue
             self.scheduler.start(step, name)
@@ -197,15 +263,21 @@ class Master:
             if plan.transfers:
                 keys = sorted({t.key for t in plan.transfers})
                 transfer = TransferData(plan, st.meta.select(keys))
-                for src in sorted(set(plan.ranks()) - {w}):
+                for src in sorted(set(plan.ranks()) - set(workers)):
                     req = self.client.send(worker_name(src), RequestKind.TRANSFER, transfer,
                                            timeout=self.timeouts.mfc_s)
                     self._inflight[req.id] = (req, step, None, frozenset({src}))
-                for sid, key in plan.received_by(w):
-                    st.holders[(sid, key)].add(w)
-            req = self.client.send(worker_name(w), RequestKind.RUN_MFC, RunMFC(step, name, tuple(st.meta.ids), transfer),
-                                   timeout=self.timeouts.mfc_s)
-            self._inflight[req.id] = (req, step, name, frozenset({w}))
+                for w in workers:
+                    for sid, key in plan.received_by(w):
+                        st.holders[(sid, key)].add(w)
+            if len(shards) > 1:
+                self._shards[(step, name)] = ({}, [len(ids) for _, ids in shards])
+            for i, (w, ids) in enumerate(shards):
+                req = self.client.send(worker_name(w), RequestKind.RUN_MFC, RunMFC(step, name, ids, transfer),
+                                       timeout=self.timeouts.mfc_s)
+                self._inflight[req.id] = (req, step, name, frozenset({w}))
+                if len(shards) > 1:
+                    self._shard_of[req.id] = i
             self._busy |= ranks
 
     def _fetch(self, step: int) -> None:
@@ -217,34 +289,52 @@ class Master:
         self._steps[step] = _Step(meta, holders, [])
 
     @staticmethod
-    def _plan(st: _Step, w: int, keys: tuple[str, ...] | list[str]) -> TransferPlan:
-        need = Need(w, tuple(st.meta.ids), tuple(keys))
-        return transfer_plan(st.holders, [need], sizes_from_meta(st.meta.select(keys)))
+    def _plan(st: _Step, shards: list[tuple[int, tuple[Hashable, ...]]], keys: Sequence[str]) -> TransferPlan:
+        needs = [Need(w, ids, tuple(keys)) for w, ids in shards]
+        return transfer_plan(st.holders, needs, sizes_from_meta(st.meta.select(keys)))
 
-    def _mfc_done(self, step: int, name: str, result: MFCResult) -> bool:
-        """File an MFC's result; True when this finished its step in the scheduler."""
+    def _shard_done(self, request_id: str, step: int, name: str, result: MFCResult) -> bool:
+        """File one RUN_MFC reply; True when this finished its step in the scheduler."""
+        workers = self.allocation[mfc_of(self.graph, name).role]
+        shard = self._shard_of.pop(request_id, None)
+        if shard is None:
+            return self._mfc_done(step, name, [(workers[0], 1, result)])
+        results, sizes = self._shards[(step, name)]
+        results[shard] = result
+        if len(results) < len(workers):
+            return False
+        del self._shards[(step, name)]
+        return self._mfc_done(step, name, [(workers[i], sizes[i], results[i]) for i in range(len(workers))])
+
+    def _mfc_done(self, step: int, name: str, shards: list[tuple[int, int, MFCResult]]) -> bool:
+        """File an MFC's results, one (worker, n samples, result) per shard in sample
+        order; True when this finished its step in the scheduler."""
         st = self._steps[step]
         mfc = mfc_of(self.graph, name)
-        w = self.allocation[mfc.role]
-        if result.meta is not None:
-            st.meta.update_(result.meta)
-            for sid in result.meta.ids:
-                for k in result.meta.keys:
-                    st.holders[(sid, k)] = {w}  # a recomputed key lives only here
-        st.records.append(MFCRecord(step, name, result.seconds, st.meta.bs,
-                                    n_tokens(st.meta.select(mfc.input_keys)), dict(result.stats)))
+        metas = [r.meta for _, _, r in shards if r.meta is not None]
+        if metas:
+            st.meta.update_(metas[0] if len(metas) == 1 else SequenceSample.gather(metas))
+            for w, _, r in shards:
+                assert r.meta is not None
+                for sid in r.meta.ids:
+                    for k in r.meta.keys:
+                        st.holders[(sid, k)] = {w}  # a recomputed key lives only where it was made
+        stats = merge_shard_stats([(r.stats, n) for _, n, r in shards], {k for _, _, r in shards for k in r.summed})
+        seconds = max(r.seconds for _, _, r in shards)
+        st.records.append(MFCRecord(step, name, seconds, st.meta.bs, n_tokens(st.meta.select(mfc.input_keys)), stats))
         return self.scheduler.done(step, name)
 
-    def _finish_step(self, step: int, log: IO[str] | None, on_step: OnStep) -> None:
+    def _finish_step(self, step: int, log: StepLogger, trigger: SaveTrigger, on_step: OnStep) -> None:
         st = self._steps.pop(step)
         holding = sorted({w for ws in st.holders.values() for w in ws})
         ids: list[Hashable] = list(st.meta.ids)
         self.client.call_all(RequestKind.FREE_DATA, {worker_name(w): ids for w in holding},
                              timeout=self.timeouts.control_s)
         self.records.extend(st.records)
-        log_step(step, self.run.n_steps, self.cursor.epoch, st.records, log)
-        if self.run.save_freq_steps and (step + 1) % self.run.save_freq_steps == 0:
+        log.log_step(step, self.cursor.epoch, st.records)
+        if trigger.should_save(step + 1):
             self.save(self.run_dir / "checkpoints" / f"step{step + 1}")
+            trigger.saved()
         if on_step is not None:
             on_step(step, st.records)
 
@@ -256,13 +346,13 @@ class Master:
         assert not self._inflight, "save only between steps"
         by_worker: dict[str, dict[str, str]] = {worker_name(w): {} for w in range(self.n_workers)}
         for role, mfc in self.train_mfcs.items():
-            by_worker[worker_name(self.allocation[role])][role] = mfc
+            by_worker[worker_name(self.allocation[role][0])][role] = mfc  # the first replica writes HF weights
         payloads = {w: SaveRoles(str(root), roles, state_dir=str(root / WORKER_STATE)) for w, roles in by_worker.items()}
         self.client.call_all(RequestKind.SAVE, payloads, timeout=self.timeouts.save_s)
         state = {
             "scheduler": self.scheduler.state_dict(),
             "cursor": self.cursor.state_dict(),
-            "allocation": self.allocation,
+            "allocation": {r: list(ws) for r, ws in self.allocation.items()},
             "n_workers": self.n_workers,
         }
         root.mkdir(parents=True, exist_ok=True)
@@ -272,7 +362,8 @@ class Master:
         if not path.is_file():
             raise ConfigError(f"cannot resume: no master state at {path}")
         state = json.loads(path.read_text())
-        if state["allocation"] != self.allocation or state["n_workers"] != self.n_workers:
+        saved = {r: tuple(ws) if isinstance(ws, list) else (ws,) for r, ws in state["allocation"].items()}
+        if saved != self.allocation or state["n_workers"] != self.n_workers:
             raise ConfigError(
                 f"cannot resume from {path}: it was saved with {state['n_workers']} workers and allocation "
                 f"{state['allocation']}, this run has {self.n_workers} and {self.allocation}"

@@ -32,6 +32,9 @@ class WorkerSetup:
     load_data: bool
     user_files: tuple[str, ...] = ()  # imported first: they register the user's interfaces / data sets
     resume_dir: str | None = None  # a checkpoint with worker state (`SaveRoles.state_dir`) to continue from
+    # The workers of every role (the whole allocation, the same on every worker): a
+    # role on several workers is data parallel over them.
+    role_workers: dict[str, tuple[int, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class MFCResult:
     meta: SequenceSample | None  # outputs (graph key names); None for a train step
     stats: dict[str, float]
     seconds: float  # the interface call alone (transfers excluded)
+    summed: tuple[str, ...] = ()  # stats that are totals, not means (`ModelInterface.summed_stats`)
 
 
 @dataclass(frozen=True)

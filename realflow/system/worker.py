@@ -41,10 +41,12 @@ import torch.distributed as dist
 from realflow.api.data import SequenceSample
 from realflow.api.dfg import MFCDef
 from realflow.api.errors import ConfigError
-from realflow.api.interface import ModelInterface, make_interface
+from realflow.api.interface import ModelInterface
 from realflow.system import names
 from realflow.system.auth import load_secret
-from realflow.system.inprocess import RoleSet, build_dataset, call_mfc, end_train_step, load_run_tokenizer, save_role
+from realflow.system.inprocess import (
+    RoleSet, build_dataset, build_interfaces, call_mfc, end_train_step, load_run_tokenizer, save_role,
+)
 from realflow.system.messages import Request, RequestKind
 from realflow.system.name_resolve import FileNameResolver
 from realflow.system.protocol import (
@@ -92,18 +94,26 @@ class ModelWorker:
             import_user_file(path)
         torch.set_num_threads(1)
         torch.manual_seed(s.run.seed)
+        role_workers = s.role_workers or {r: (s.rank,) for r in s.roles}
         if s.world_size > 1:
             dist.init_process_group("gloo", init_method=s.dist_init, rank=s.rank, world_size=s.world_size,
                                     timeout=DIST_TIMEOUT)
+            # Collective: every worker makes the same data-parallel groups in the same order.
+            self.groups.create(sorted({ws for ws in role_workers.values() if len(ws) > 1}))
         self.tokenizer = load_run_tokenizer(s.run)
         run_dir = Path(s.run.fileroot) / s.run.experiment_name / s.run.trial_name
         info = None
         if s.load_data:
             self.dataset = build_dataset(s.spec.dataset, self.tokenizer, s.run, run_dir)
             info = DataInfo(len(self.dataset), tuple(sorted(self.dataset[0].keys)))
-        self.roles = RoleSet.build(s.spec, self.tokenizer, s.run, roles=s.roles)
+        dp_ranks = {r: role_workers[r].index(s.rank) for r in s.roles}
+        self.roles = RoleSet.build(s.spec, self.tokenizer, s.run, roles=s.roles, dp_ranks=dp_ranks)
+        for role in s.roles:
+            engine = self.roles.models[role].engine
+            if len(role_workers[role]) > 1 and hasattr(engine, "dp_group"):
+                engine.dp_group = self.groups.get(role_workers[role])  # type: ignore[union-attr]
         self.mfcs = {m.name: m for m in s.spec.mfcs if m.role in s.roles}
-        self.interfaces = {n: make_interface(m.interface_type, **dict(m.interface_args)) for n, m in self.mfcs.items()}
+        self.interfaces = build_interfaces(self.mfcs.values())  # shared per role: see build_interfaces
         self.setup = s
         if s.resume_dir is not None:
             self._load_state(Path(s.resume_dir) / f"{self.name}.pt")
@@ -135,10 +145,11 @@ class ModelWorker:
         out, stats = call_mfc(mfc, self.interfaces[p.mfc], model, batch)
         seconds = time.perf_counter() - t0
         end_train_step(mfc, model)
+        summed = tuple(sorted(self.interfaces[p.mfc].summed_stats & set(stats)))
         if out is None:
-            return MFCResult(None, stats, seconds)
+            return MFCResult(None, stats, seconds, summed)
         self.store.put(out)
-        return MFCResult(out.meta(), stats, seconds)
+        return MFCResult(out.meta(), stats, seconds, summed)
 
     def free_data(self, request: Request) -> int:
         return self.store.free(request.payload)
@@ -155,7 +166,8 @@ class ModelWorker:
 
     def _state(self) -> dict[str, Any]:
         """What an exact resume needs beyond the HF weights: bit-exact parameters of the
-        trained roles, engine state (optimizer, LR schedule, version, sampler), the global RNG."""
+        trained roles, engine state (optimizer, LR schedule, version, sampler), the state
+        of every hosted MFC's interface (KL controller, value normaliser), the global RNG."""
         assert self.roles is not None
         roles: dict[str, Any] = {}
         for role, model in self.roles.models.items():
@@ -167,7 +179,8 @@ class ModelWorker:
                 entry["module"] = model.module.state_dict()
                 entry["engine"] = engine.state_dict()
             roles[role] = entry
-        return {"roles": roles, "torch_rng": torch.get_rng_state()}
+        interfaces = {name: iface.state_dict() for name, iface in self.interfaces.items()}
+        return {"roles": roles, "interfaces": interfaces, "torch_rng": torch.get_rng_state()}
 
     def _load_state(self, path: Path) -> None:
         assert self.roles is not None
@@ -178,6 +191,9 @@ class ModelWorker:
         if set(state["roles"]) != hosted:
             raise ConfigError(f"worker '{self.name}': the resume state in {path} holds roles {sorted(state['roles'])}, "
                               f"this worker hosts {sorted(hosted)}; resume with the same allocation")
+        if set(state["interfaces"]) != set(self.interfaces):
+            raise ConfigError(f"worker '{self.name}': the resume state in {path} holds the interface state of MFCs "
+                              f"{sorted(state['interfaces'])}, this worker hosts {sorted(self.interfaces)}")
         for role, entry in state["roles"].items():
             model = self.roles.models[role]
             if "module" in entry:
@@ -185,6 +201,8 @@ class ModelWorker:
                 model.engine.load_state_dict(entry["engine"])  # type: ignore[attr-defined]
             else:
                 model.engine.generator.set_state(entry["generator"])  # type: ignore[attr-defined]
+        for name, iface_state in state["interfaces"].items():  # a shared instance loads the same state again
+            self.interfaces[name].load_state_dict(iface_state)
         torch.set_rng_state(state["torch_rng"])
         logger.info("worker '%s' resumed from %s", self.name, path)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from realflow.apps import cli
+from realflow.apps import cli, experiments
 
 
 def _parsed(monkeypatch, argv):
@@ -36,3 +36,28 @@ def test_bad_override_is_one_clear_line(capsys):
     assert cli.main(["run", "sft", "model.optimizer.lrr=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown config key 'model.optimizer.lrr'" in err[0]
+
+
+def test_place_option_parses_roles_onto_workers(monkeypatch):
+    args = _parsed(monkeypatch, ["run", "ppo", "--workers", "3", "--place", "actor=0,1", "--place", "critic=2"])
+    assert experiments.parse_placements(args.place) == {"actor": [0, 1], "critic": [2]}
+
+
+@pytest.mark.parametrize("place,words", [
+    ("actor", "expected ROLE=W[,W...]"),
+    ("actor=", "expected ROLE=W[,W...]"),
+    ("=0", "expected ROLE=W[,W...]"),
+    ("actor=0,x", "expected ROLE=W[,W...]"),
+])
+def test_bad_place_is_one_clear_line(capsys, tmp_path, place, words):
+    assert cli.main(["run", "sft", "--workers", "2", "--place", place, f"run.fileroot={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and place in err[0]
+
+
+def test_place_without_workers_and_unknown_role_are_errors(capsys, tmp_path):
+    assert cli.main(["run", "sft", "--place", "default=0", f"run.fileroot={tmp_path}"]) == 2
+    assert "needs --workers N" in capsys.readouterr().err
+    assert cli.main(["run", "sft", "--workers", "1", "--place", "actor=0", f"run.fileroot={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown roles ['actor']" in err and "roles: ['default']" in err

@@ -17,7 +17,7 @@ from realflow.api.dfg import MFCDef, MFCKind
 from realflow.api.errors import ConfigError
 from realflow.api.experiment import DatasetSpec, ExperimentSpec, ModelSpec, RunConfig
 from realflow.api.interface import ModelInterface, register_interface
-from realflow.system.master import Master, check_allocation, default_allocation
+from realflow.system.master import Master, check_allocation, default_allocation, merge_shard_stats, shard_ids
 from realflow.system.messages import Request, RequestKind, Response
 from realflow.system.protocol import DataInfo, MFCResult, RunMFC, SaveRoles, TransferData
 
@@ -34,11 +34,11 @@ def _meta(ids: list[int], keys: list[str]) -> SequenceSample:
     )
 
 
-def _spec() -> ExperimentSpec:
+def _spec(n_seqs: int = 2) -> ExperimentSpec:
     a = MFCDef(name="a", model_name="r0", kind=MFCKind.INFERENCE, interface_type="null_for_master_test",
-               input_keys=("x",), output_keys=("y",), n_seqs=2)
+               input_keys=("x",), output_keys=("y",), n_seqs=n_seqs)
     b = MFCDef(name="b", model_name="r1", kind=MFCKind.INFERENCE, interface_type="null_for_master_test",
-               input_keys=("x", "y"), output_keys=("z",), n_seqs=2)
+               input_keys=("x", "y"), output_keys=("z",), n_seqs=n_seqs)
     models = {"r0": ModelSpec(model_free=True), "r1": ModelSpec(model_free=True)}
     return ExperimentSpec(mfcs=[a, b], models=models, dataset=DatasetSpec(name="prompt"))
 
@@ -46,7 +46,8 @@ def _spec() -> ExperimentSpec:
 class FakeClient:
     """Answers requests as workers would, synchronously; records what was sent."""
 
-    def __init__(self, last_first: bool = False) -> None:
+    def __init__(self, last_first: bool = False, n_samples: int = 10) -> None:
+        self.n_samples = n_samples
         self.last_first = last_first  # answer the newest request first (a RUN_MFC before its TRANSFER)
         self.sent: list[Request] = []
         self.inflight: dict[str, Request] = {}
@@ -62,13 +63,14 @@ class FakeClient:
 
     def _answer(self, req: Request) -> Response:
         if req.kind is RequestKind.CONFIGURE:
-            payload = DataInfo(10, ("x",)) if req.target == "w0" else None
+            payload = DataInfo(self.n_samples, ("x",)) if req.target == "w0" else None
         elif req.kind is RequestKind.FETCH_DATA:
             payload = _meta([100 + i for i in req.payload.indices], ["x"])
         elif req.kind is RequestKind.RUN_MFC:
             p: RunMFC = req.payload
             out = {"a": "y", "b": "z"}[p.mfc]
-            payload = MFCResult(_meta(list(p.ids), [out]), {"s": 1.0}, 0.01)
+            # "n" tells the shards apart: a shard of k samples reports n=k.
+            payload = MFCResult(_meta(list(p.ids), [out]), {"s": 1.0, "n": float(len(p.ids))}, 0.01)
         else:
             payload = None
         return Response(req.id, req.kind, req.target, True, payload)
@@ -88,19 +90,49 @@ class FakeClient:
 
 
 def test_default_allocation_is_round_robin_over_sorted_roles() -> None:
-    assert default_allocation(_spec(), 1) == {"r0": 0, "r1": 0}
-    assert default_allocation(_spec(), 2) == {"r0": 0, "r1": 1}
+    assert default_allocation(_spec(), 1) == {"r0": (0,), "r1": (0,)}
+    assert default_allocation(_spec(), 2) == {"r0": (0,), "r1": (1,)}
+
+
+def test_allocation_accepts_an_index_or_a_list_and_normalises() -> None:
+    assert check_allocation(_spec(), {"r0": 1, "r1": [1, 0]}, 2) == {"r0": (1,), "r1": (0, 1)}
 
 
 @pytest.mark.parametrize("alloc,words", [
     ({"r0": 0}, "roles without a worker ['r1']"),
-    ({"r0": 0, "r1": 2}, "outside 0..1: {'r1': 2}"),
+    ({"r0": 0, "r1": 2}, "distinct worker indices in 0..1: {'r1': 2}"),
     ({"r0": 0, "r1": 1, "nope": 0}, "unknown roles ['nope']"),
+    ({"r0": 0, "r1": [0, 0]}, "distinct worker indices in 0..1: {'r1': [0, 0]}"),
+    ({"r0": 0, "r1": []}, "{'r1': []}"),
+    ({"r0": 0, "r1": True}, "{'r1': True}"),
 ])
 def test_bad_allocation_is_named(alloc, words) -> None:
     with pytest.raises(ConfigError, match=None) as err:
         check_allocation(_spec(), alloc, 2)
     assert words in str(err.value)
+
+
+def test_a_data_parallel_role_needs_a_sample_per_worker() -> None:
+    with pytest.raises(ConfigError, match="'a' has n_seqs=2 but role 'r0' is on 3 workers"):
+        check_allocation(_spec(), {"r0": [0, 1, 2], "r1": 0}, 3)
+
+
+def test_shards_are_contiguous_and_balanced_by_tokens() -> None:
+    meta = SequenceSample.unchecked(
+        keys={"x"}, ids=[10, 11, 12, 13, 14], seqlens={"x": [[8], [1], [1], [1], [5]]},
+        trailing_shapes={"x": ()}, dtypes={"x": torch.int64},
+    )
+    # Token counts 8 | 1 1 1 5: the best contiguous split of [8, 1, 1, 1, 5] into two is 8 vs 8.
+    assert shard_ids(meta, "x", (0, 2)) == [(0, (10,)), (2, (11, 12, 13, 14))]
+    assert shard_ids(meta, "x", (3,)) == [(3, (10, 11, 12, 13, 14))]
+
+
+def test_shard_stats_are_means_weighted_by_samples() -> None:
+    merged = merge_shard_stats([({"a": 1.0, "b": 4.0}, 1), ({"a": 4.0}, 3)])
+    assert merged == {"a": (1.0 * 1 + 4.0 * 3) / 4, "b": 4.0}
+    assert merge_shard_stats([({"loss": 0.1}, 2)]) == {"loss": 0.1}
+    assert merge_shard_stats([({"n_tokens": 5.0, "a": 1.0}, 1), ({"n_tokens": 7.0, "a": 2.0}, 1)], {"n_tokens"}) == {
+        "n_tokens": 12.0, "a": 1.5}
 
 
 @pytest.mark.parametrize("last_first", [False, True], ids=["transfer-reply-first", "run-mfc-reply-first"])
@@ -122,9 +154,41 @@ def test_dispatch_transfers_inputs_from_their_holders_and_frees_every_holder(tmp
     moved = {(t.src, t.dsts, t.key) for t in transfer.plan.transfers}
     assert moved == {(0, (1,), "x"), (0, (1,), "y")}  # x from the data worker, y from a's worker
     assert transfer.meta.data is None  # metadata only
-    assert [(r.step, r.mfc, r.stats) for r in records] == [(0, "a", {"s": 1.0}), (0, "b", {"s": 1.0}),
-                                                           (1, "a", {"s": 1.0}), (1, "b", {"s": 1.0})]
+    assert [(r.step, r.mfc, r.stats["s"]) for r in records] == [(0, "a", 1.0), (0, "b", 1.0), (1, "a", 1.0), (1, "b", 1.0)]
     saves = [r for r in client.sent if r.kind is RequestKind.SAVE]
     assert sorted(r.target for r in saves) == ["w0", "w1"] and all(isinstance(r.payload, SaveRoles) for r in saves)
     state = (tmp_path / "realflow" / "trial0" / "checkpoints" / "final" / "master_state.json").read_text()
     assert '"completed_steps": 2' in state
+
+
+def test_a_data_parallel_mfc_runs_one_shard_per_worker_and_its_outputs_stay_there(tmp_path: Path) -> None:
+    client = FakeClient()
+    run = RunConfig(n_steps=1, fileroot=str(tmp_path), log_jsonl=False)
+    master = Master(_spec(n_seqs=4), run, client, n_workers=3, dist_init="tcp://127.0.0.1:1",  # type: ignore[arg-type]
+                    allocation={"r0": [0, 1], "r1": 2})
+    master.configure()
+    setups = {r.target: r.payload for r in client.sent if r.kind is RequestKind.CONFIGURE}
+    assert setups["w0"].roles == ("r0",) and setups["w1"].roles == ("r0",) and setups["w2"].roles == ("r1",)
+    assert setups["w1"].role_workers == {"r0": (0, 1), "r1": (2,)}
+    records = master.run_all()
+
+    sent = [(r.kind.name, r.target) for r in client.sent if r.kind is not RequestKind.CONFIGURE]
+    assert sent[:6] == [("FETCH_DATA", "w0"), ("RUN_MFC", "w0"), ("RUN_MFC", "w1"),
+                        ("TRANSFER", "w0"), ("TRANSFER", "w1"), ("RUN_MFC", "w2")]
+    runs = [r.payload for r in client.sent if r.kind is RequestKind.RUN_MFC]
+    # The fake data worker's ids; all samples have 3 tokens, so two samples a shard.
+    fetched = next(r for r in client.sent if r.kind is RequestKind.FETCH_DATA).payload.indices
+    ids = [100 + i for i in fetched]
+    assert [(p.mfc, p.ids) for p in runs] == [("a", tuple(ids[:2])), ("a", tuple(ids[2:])), ("b", tuple(ids))]
+    # a's shard on w1 gets x from the data worker; both shards carry the same plan.
+    assert runs[0].transfer == runs[1].transfer
+    assert {(t.src, t.dsts, t.key, t.ids) for t in runs[0].transfer.plan.transfers} == {(0, (1,), "x", tuple(ids[2:]))}
+    # b on w2 gets y from where each shard made it, and x from both holders of the
+    # second shard's x (w1 received it for a), balanced: each source sends two samples of each key.
+    moved = {(t.src, t.key, t.ids) for t in runs[2].transfer.plan.transfers}
+    assert moved == {(0, "x", tuple(ids[:2])), (1, "x", tuple(ids[2:])), (0, "y", tuple(ids[:2])), (1, "y", tuple(ids[2:]))}
+    assert [(r.mfc, r.n_seqs, r.stats["n"]) for r in records] == [("a", 4, 2.0), ("b", 4, 4.0)]
+    freed = sorted(r.target for r in client.sent if r.kind is RequestKind.FREE_DATA)
+    assert freed == ["w0", "w1", "w2"]
+    saves = {r.target: r.payload.roles for r in client.sent if r.kind is RequestKind.SAVE}
+    assert saves == {"w0": {}, "w1": {}, "w2": {}}  # nothing is trained here
