@@ -48,12 +48,12 @@ class PPOActorInterface(GenerationArgs, PolicyArgs, RewardShapingArgs, ModelInte
         who = "ppo_actor.train_step"
         require_keys(data, ["values"], who)
         check_layout(data, "values", "token", who)
-        shaped = self.shape(data, who, values=data.data["values"])
+        shaped = self.shape(data, who, values=data.data["values"], reduce=model.engine.dp_sum)
         adv = shaped.advantages
         stats = dict(shaped.stats)
         stats["advantages"] = float(masked_mean(adv, shaped.loss_mask))
         if self.adv_norm:
-            adv = masked_normalize(adv, shaped.loss_mask)
+            adv = masked_normalize(adv, shaped.loss_mask, reduce=model.engine.dp_sum)  # over the whole batch
         stats.update(policy_update(model, data, mb_spec, self, advantages=adv, loss_mask=shaped.loss_mask,
                                    temperature=self.train_temperature, who=who))
         return stats

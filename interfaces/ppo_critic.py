@@ -17,7 +17,7 @@ instance between the MFCs of a role with equal arguments), and a resume restores
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -45,14 +45,21 @@ class RunningMeanStd:
         self.beta, self.eps = beta, eps
         self.mean = self.mean_sq = self.debias = 0.0
 
-    def update(self, x: torch.Tensor, mask: torch.Tensor) -> None:
+    def update(
+        self, x: torch.Tensor, mask: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
+        """One update with the masked entries of `x`; `reduce` sums over the shards
+        of a data-parallel batch (`dp_sum`), so every replica takes the same update."""
         m = mask.float()
-        n = float(m.sum())
+        sums = torch.stack([m.sum(), (x * m).sum(), (x * x * m).sum()])
+        if reduce is not None:
+            sums = reduce(sums)
+        n = float(sums[0])
         if n == 0:
             return
         b = self.beta
-        self.mean = b * self.mean + (1 - b) * float((x * m).sum()) / n
-        self.mean_sq = b * self.mean_sq + (1 - b) * float((x * x * m).sum()) / n
+        self.mean = b * self.mean + (1 - b) * float(sums[1]) / n
+        self.mean_sq = b * self.mean_sq + (1 - b) * float(sums[2]) / n
         self.debias = b * self.debias + (1 - b)
 
     def mean_std(self) -> tuple[float, float]:
@@ -112,10 +119,10 @@ class PPOCriticInterface(RewardShapingArgs, ModelInterface):
         who = "ppo_critic.train_step"
         require_keys(data, ["values"], who)
         check_layout(data, "values", "token", who)
-        shaped = self.shape(data, who, values=data.data["values"])
+        shaped = self.shape(data, who, values=data.data["values"], reduce=model.engine.dp_sum)
         returns, old = shaped.returns, shaped.values
         if self.value_norm:
-            self.normalizer.update(returns, shaped.loss_mask)
+            self.normalizer.update(returns, shaped.loss_mask, reduce=model.engine.dp_sum)
             returns, old = self.normalizer.normalize(returns), self.normalizer.normalize(old)
         action = layout_seqlens(data, "action")
         sample = build_sample(data.ids, {

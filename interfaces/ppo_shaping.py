@@ -18,7 +18,7 @@ no values: V = 0, which makes A the reward-to-go).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -97,6 +97,7 @@ class RewardShapingArgs:
         values: torch.Tensor | None,
         score_baseline: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> Shaped:
         """Advantages and returns of `data`, then one update of the KL controller.
 
@@ -104,6 +105,8 @@ class RewardShapingArgs:
         and, when kl_ctl > 0, packed_ref_logprobs. `values`: token-aligned V or None
         (zeros). `score_baseline` (one per sequence) is subtracted from the scaled
         scores (ReMax). `loss_mask` overrides the response mask (action-aligned).
+        `reduce` (a data-parallel engine's `dp_sum`) makes the KL the controller
+        steers that of the whole batch, so every replica's controller moves alike.
         """
         keys = [IDS, "prompt_mask", "packed_logprobs", "rewards", "seq_no_eos_mask"]
         if self.kl_ctl > 0:
@@ -136,14 +139,19 @@ class RewardShapingArgs:
         # The KL the controller steers: per sequence, the summed k1 estimate over its response.
         kl_tok = kl_estimate(logp, ref, "k1") * mask
         seq_kl = torch.zeros_like(score).index_add(0, segment_ids(acu), kl_tok)
+        if reduce is None:
+            ref_kl, n_seqs = float(seq_kl.mean()), score.numel()
+        else:
+            total = reduce(torch.stack([seq_kl.sum().double(), torch.tensor(float(score.numel()), dtype=torch.float64)]))
+            ref_kl, n_seqs = float(total[0] / total[1]), int(total[1])
         stats = {
             "task_reward": float(raw.mean()),
-            "ref_kl": float(seq_kl.mean()),
+            "ref_kl": ref_kl,
             "kl_coef": float(coef),
             "no_eos_ratio": float(no_eos.float().mean()),
             "response_length": float(mask.float().sum() / max(score.numel(), 1)),
         }
-        self.kl_controller.update(stats["ref_kl"], n_steps=score.numel())
+        self.kl_controller.update(ref_kl, n_steps=n_seqs)
         return Shaped(adv, ret, mask, v_act, stats)
 
     # Interface state (ModelInterface.state_dict): every interface that shapes rewards

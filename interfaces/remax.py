@@ -61,7 +61,7 @@ class ReMaxInterface(GenerationArgs, PolicyArgs, RewardShapingArgs, ModelInterfa
         cu = data.cu_seqlens(IDS).long()
         acu = shift_cu_seqlens(cu)
         mask = action_loss_mask(data.data["prompt_mask"], cu) & ~broadcast_to_tokens(greedy, acu)
-        shaped = self.shape(data, who, values=None, score_baseline=baseline, loss_mask=mask)
+        shaped = self.shape(data, who, values=None, score_baseline=baseline, loss_mask=mask, reduce=model.engine.dp_sum)
         stats = dict(shaped.stats)
         stats.update(task_reward=float(rewards[~greedy].mean()), greedy_reward=float(rewards[greedy].mean()))
         stats.update(policy_update(model, data, mb_spec, self, advantages=shaped.advantages, loss_mask=mask,

@@ -16,6 +16,8 @@ Statistics here are local to one process; a data-parallel engine reduces them.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -98,7 +100,11 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def masked_normalize(
-    x: torch.Tensor, mask: torch.Tensor | None = None, eps: float = 1e-5, shift_mean: bool = True
+    x: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    eps: float = 1e-5,
+    shift_mean: bool = True,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Whiten `x` over the masked entries: ``(x - mean) / sqrt(var + eps)``.
 
@@ -106,13 +112,18 @@ def masked_normalize(
     is true; masked-out entries come back as 0. With ``shift_mean=False`` the mean
     is added back (scale only). This is advantage/value normalisation as in
     OpenAI lm-human-preferences `whiten` and ReaL `masked_normalization`.
+
+    `reduce` sums a tensor over the shards of a batch (a data-parallel engine's
+    `dp_sum`): the mean and variance are then those of the whole batch.
     """
     m = torch.ones_like(x, dtype=torch.bool) if mask is None else mask.bool()
     xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     w = m.to(xf.dtype)
-    n = w.sum().clamp(min=1)
-    mean = (xf * w).sum() / n
-    var = (((xf - mean) * w) ** 2).sum() / n
+    total = lambda t: t if reduce is None else reduce(t)  # noqa: E731
+    sums = total(torch.stack([w.sum(), (xf * w).sum()]))
+    n = sums[0].clamp(min=1)
+    mean = sums[1] / n
+    var = total((((xf - mean) * w) ** 2).sum()) / n
     out = (xf - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -55,6 +55,10 @@ class Engine(Protocol):
         """`flag` OR-ed over the model's data-parallel replicas (train engines)."""
         ...
 
+    def dp_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` summed over the model's data-parallel replicas (`x` when alone)."""
+        ...
+
     def generate(
         self,
         prompt_ids: torch.Tensor,

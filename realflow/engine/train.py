@@ -62,6 +62,8 @@ class InferenceEngine:
     def __init__(self, module: torch.nn.Module, seed: int = 0) -> None:
         self.module = module
         self.version = 0  # train steps taken (see TrainEngine.end_step): the parameter version
+        # The data-parallel replicas of this model (None: alone). The model worker sets it.
+        self.dp_group: dist.ProcessGroup | None = None
         # Sampling draws from its own generator so runs are reproducible by seed
         # whatever else consumes torch's global RNG.
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -83,6 +85,18 @@ class InferenceEngine:
             )
         finally:
             self.module.train(was_training)
+
+    def dp_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` summed over the data-parallel replicas (`x` itself when alone).
+
+        For batch-level statistics an interface needs over the whole batch, not its
+        shard: sums and counts (a mean is their ratio). Every replica must call it.
+        """
+        if self.dp_group is None:
+            return x
+        out = x.detach().clone()
+        dist.all_reduce(out, group=self.dp_group)
+        return out
 
     def save_hf(self, save_dir: str) -> None:
         """Write the model as a Hugging Face checkpoint directory."""
@@ -139,8 +153,6 @@ class TrainEngine(InferenceEngine):
         self.optimizer = make_optimizer(module.named_parameters(), cfg)
         self.lr_scheduler = make_lr_scheduler(self.optimizer, cfg, total_steps)
         self.skipped_steps = 0
-        # The data-parallel replicas of this model (None: this engine trains alone).
-        self.dp_group: dist.ProcessGroup | None = None
 
     def train_batch(
         self,
@@ -192,11 +204,7 @@ class TrainEngine(InferenceEngine):
         return bool(flag) if self.dp_group is None else self._dp_sum(float(bool(flag))) > 0
 
     def _dp_sum(self, x: float) -> float:
-        if self.dp_group is None:
-            return x
-        t = torch.tensor([x], dtype=torch.float64)
-        dist.all_reduce(t, group=self.dp_group)
-        return float(t)
+        return x if self.dp_group is None else float(self.dp_sum(torch.tensor([x], dtype=torch.float64)))
 
     def _all_reduce_grads(self) -> None:
         """Sum the gradients over the data-parallel group: one call on the flat buffer."""

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from realflow.api.config import OptimizerConfig
 from realflow.api.data import MicroBatchSpec, SequenceSample, SplitSpec
 from realflow.engine.train import TrainEngine
+from realflow.interfaces.functional import masked_normalize
 
 WORLD = 2
 DEADLINE_S = 90.0
@@ -92,9 +93,18 @@ def _worker(rank: int, port: int, out: str) -> None:
         shard = _batch().split(SplitSpec(tuple(SHARDS)))[rank]
         stats = _train(engine, shard)
         anys = [engine.dp_any(rank == 1), engine.dp_any(False)]
-        torch.save({"state": engine.module.state_dict(), "stats": stats, "anys": anys}, Path(out) / f"rank{rank}.pt")
+        x, mask = _whiten_input()
+        a, b = SHARDS[rank]
+        whitened = masked_normalize(x[a:b], mask[a:b], reduce=engine.dp_sum)
+        torch.save({"state": engine.module.state_dict(), "stats": stats, "anys": anys, "whitened": whitened},
+                   Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _whiten_input() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(9)
+    return torch.randn(7, generator=g) * 3 + 1, torch.tensor([1, 1, 0, 1, 0, 1, 1], dtype=torch.bool)
 
 
 def _free_port() -> int:
@@ -128,5 +138,11 @@ def test_two_replicas_take_the_whole_batch_step(tmp_path: Path) -> None:
         for step in range(3):
             # Rank 1 reports no loss statistic of its own in step 1; the sum by name still gives the global mean.
             assert got[r]["stats"][step] == pytest.approx(want[step], rel=1e-5, abs=1e-7), (r, step)
+    # Whitening over shards with dp_sum equals whitening the whole batch.
+    x, mask = _whiten_input()
+    whole = masked_normalize(x, mask)
+    for r, (a, b) in enumerate(SHARDS):
+        torch.testing.assert_close(got[r]["whitened"], whole[a:b], rtol=0, atol=1e-6)
+    assert not torch.allclose(masked_normalize(x[3:7], mask[3:7]), whole[3:7], atol=1e-3)  # a shard alone differs
     # The replicas are identical to each other bit for bit (same summed gradient, same update).
     assert all(torch.equal(got[0]["state"][k], got[1]["state"][k]) for k in got[0]["state"])

@@ -68,7 +68,10 @@ def test_sft_data_parallel_over_two_workers_takes_the_single_process_steps(tmp_p
 
 @pytest.mark.timeout(240)
 def test_ppo_with_actor_and_critic_data_parallel_keeps_replicas_identical(tmp_path):
+    # Stateful interfaces too: their batch statistics (KL, returns) must be the whole batch's on every replica.
     overrides = ["n_seqs=8", "generation.max_new_tokens=6", *("actor." + t for t in TINY), *DATA,
+                 "shaping.adaptive_kl_target=0.01", "shaping.adaptive_kl_horizon=50",
+                 "critic_args.value_norm=true", "critic_args.value_norm_beta=0.9",
                  "run.n_steps=2", f"run.fileroot={tmp_path}"]
     cfg, spec = load_experiment("ppo", overrides)
     allocation = {"actor": [0, 1], "ref": 0, "critic": [0, 1], "reward": 1}
@@ -80,7 +83,13 @@ def test_ppo_with_actor_and_critic_data_parallel_keeps_replicas_identical(tmp_pa
     for r in by_mfc.values():
         assert all(torch.isfinite(torch.tensor(v)) for v in r.stats.values()), r
     state = res.run_dir / "checkpoints" / "final" / WORKER_STATE
-    w0, w1 = (torch.load(state / f"w{i}.pt", weights_only=False)["roles"] for i in (0, 1))
+    s0, s1 = (torch.load(state / f"w{i}.pt", weights_only=False) for i in (0, 1))
+    w0, w1 = s0["roles"], s1["roles"]
+    for name in ("actor_train", "critic_train"):
+        assert s0["interfaces"][name] == s1["interfaces"][name], name  # KL coefficient, value normaliser
+    initial = cfg.shaping["kl_ctl"]
+    assert s0["interfaces"]["actor_train"]["kl_controller"]["value"] != initial  # the controller did adapt
+    assert s0["interfaces"]["critic_train"]["value_normalizer"]["debias"] > 0
     for role in ("actor", "critic"):
         m0, m1 = w0[role]["module"], w1[role]["module"]
         assert m0.keys() == m1.keys()
