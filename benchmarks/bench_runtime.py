@@ -2,16 +2,21 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_runtime.py [--steps 200]
 
-Two graphs of null MFCs (the interface copies one key, microseconds of work) run
+Graphs of null MFCs (the interface copies one key, microseconds of work) run
 through the local launcher on the bundled arithmetic data set:
 
-- `one`:   one MFC on worker w0. A step is FETCH_DATA + RUN_MFC + FREE_DATA.
-- `chain`: MFC `a` on w0, then `b` on w1 consuming `a`'s output: a TRANSFER over
+- `one`:    one MFC on worker w0. A step is FETCH_DATA + RUN_MFC + FREE_DATA.
+- `eight`:  eight MFCs on w0, each consuming the previous one's output. The
+  difference to `one`, over 7, is the marginal cost of one MFC (a RUN_MFC round
+  trip, the master's dispatch, the worker's store); what `one` costs beyond it is
+  the per-step cost (FETCH_DATA, FREE_DATA, the step's log line).
+- `chain`:  MFC `a` on w0, then `b` on w1 consuming `a`'s output: a TRANSFER over
   gloo (one key, 8 samples) plus RUN_MFC, and FREE_DATA on both.
-
-- `ppo`:   the tiny PPO of the e2e tests (2 layers, hidden 32, 8 prompts, 6 new
+- `ppo`:    the tiny PPO of the e2e tests (2 layers, hidden 32, 8 prompts, 6 new
   tokens), every role on w0, so MFCs run one after another: the framework's share
-  of a step is 1 - (interface seconds / step wall time).
+  of a step is 1 - (interface seconds / step wall time). Measured with the default
+  TensorBoard logging and without it (`run.tensorboard=false`), and the same for
+  the in-process runner, one after another under the same load.
 
 Reported: the median wall time of a step as the master sees it (from one step's
 end to the next), minus the interface time the workers report, divided by the
@@ -22,7 +27,6 @@ null interface in the workers (`LaunchConfig.user_files`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import statistics
 import tempfile
@@ -33,6 +37,7 @@ from realflow.api.dfg import MFCDef, MFCKind
 from realflow.api.experiment import ExperimentSpec, ModelSpec
 from realflow.api.interface import Model, ModelInterface, register_interface
 from realflow.apps.experiments import load_experiment
+from realflow.system.inprocess import run_inprocess
 from realflow.system.launcher import LaunchConfig, run_local
 
 
@@ -50,25 +55,25 @@ class NullInterface(ModelInterface):
         return out
 
 
-def _spec(base: ExperimentSpec, chain: bool) -> tuple[ExperimentSpec, dict[str, int]]:
+def _spec(base: ExperimentSpec, n_mfcs: int, two_workers: bool) -> tuple[ExperimentSpec, dict[str, int]]:
+    """`n_mfcs` null MFCs in a chain (each reads the previous one's output), all on w0;
+    with `two_workers`, two MFCs: the second on w1."""
     n = base.mfcs[0].n_seqs
-    a = MFCDef(name="a", model_name="r0", kind=MFCKind.INFERENCE, interface_type="null_bench",
-               interface_args={"out": "a_out"}, input_keys=("packed_input_ids",), output_keys=("a_out",), n_seqs=n)
-    mfcs = [a]
-    models = {"r0": ModelSpec(model_free=True)}
-    alloc = {"r0": 0}
-    if chain:
-        mfcs.append(MFCDef(name="b", model_name="r1", kind=MFCKind.INFERENCE, interface_type="null_bench",
-                           interface_args={"out": "b_out"}, input_keys=("a_out",), output_keys=("b_out",), n_seqs=n))
-        models["r1"] = ModelSpec(model_free=True)
-        alloc["r1"] = 1
+    mfcs, models, alloc = [], {}, {}
+    key = "packed_input_ids"
+    for i in range(2 if two_workers else n_mfcs):
+        name, role = chr(ord("a") + i), f"r{i}"
+        mfcs.append(MFCDef(name=name, model_name=role, kind=MFCKind.INFERENCE, interface_type="null_bench",
+                           interface_args={"out": f"{name}_out"}, input_keys=(key,), output_keys=(f"{name}_out",),
+                           n_seqs=n))
+        models[role] = ModelSpec(model_free=True)
+        alloc[role] = i if two_workers else 0
+        key = f"{name}_out"
     return ExperimentSpec(mfcs=mfcs, models=models, dataset=base.dataset), alloc
 
 
-def bench(name: str, steps: int, chain: bool, root: str) -> dict[str, float]:
-    cfg, base = load_experiment("sft", ["n_seqs=8", "dataset.arithmetic_n_train=256", f"run.n_steps={steps}",
-                                        f"run.fileroot={root}", f"run.trial_name={name}", "run.log_jsonl=false"])
-    spec, alloc = _spec(base, chain)
+def _timed(run, steps_dropped: int) -> tuple[list[float], list[float]]:  # noqa: ANN001
+    """(step wall times, interface seconds per step) of `run(on_step)`, the first steps dropped."""
     ends: list[float] = []
     inside: list[float] = []
 
@@ -76,34 +81,39 @@ def bench(name: str, steps: int, chain: bool, root: str) -> dict[str, float]:
         ends.append(time.perf_counter())
         inside.append(sum(r.seconds for r in records))
 
-    run_local(spec, cfg.run, LaunchConfig(n_workers=2 if chain else 1, allocation=alloc, user_files=(__file__,)),
-              on_step=on_step)
-    n_mfcs = len(spec.mfcs)
-    steps_s = [b - a for a, b in zip(ends[5:], ends[6:])]
-    overhead = [(s - i) / n_mfcs for s, i in zip(steps_s, inside[6:])]
+    run(on_step)
+    return [b - a for a, b in zip(ends[steps_dropped:], ends[steps_dropped + 1:])], inside[steps_dropped + 1:]
+
+
+def bench(name: str, steps: int, n_mfcs: int, two_workers: bool, root: str) -> dict[str, float]:
+    cfg, base = load_experiment("sft", ["n_seqs=8", "dataset.arithmetic_n_train=256", f"run.n_steps={steps}",
+                                        f"run.fileroot={root}", f"run.trial_name={name}", "run.log_jsonl=false"])
+    spec, alloc = _spec(base, n_mfcs, two_workers)
+    launch = LaunchConfig(n_workers=2 if two_workers else 1, allocation=alloc, user_files=(__file__,))
+    steps_s, inside = _timed(lambda on_step: run_local(spec, cfg.run, launch, on_step=on_step), 5)
+    n = len(spec.mfcs)
+    overhead = [(s - i) / n for s, i in zip(steps_s, inside)]
     return {"step_ms": 1e3 * statistics.median(steps_s), "overhead_per_mfc_ms": 1e3 * statistics.median(overhead),
-            "p90_overhead_per_mfc_ms": 1e3 * statistics.quantiles(overhead, n=10)[-1], "mfcs_per_step": n_mfcs}
+            "p90_overhead_per_mfc_ms": 1e3 * statistics.quantiles(overhead, n=10)[-1], "mfcs_per_step": n}
 
 
 TINY = ["arch.n_layers=2", "arch.hidden_dim=32", "arch.n_q_heads=4", "arch.n_kv_heads=2", "arch.intermediate_dim=64"]
 
 
-def bench_ppo(steps: int, root: str) -> dict[str, float]:
+def bench_ppo(steps: int, root: str, distributed: bool, tensorboard: bool) -> dict[str, float]:
+    trial = f"ppo_{'dist' if distributed else 'inproc'}_{'tb' if tensorboard else 'notb'}"
     cfg, spec = load_experiment("ppo", ["n_seqs=8", "generation.max_new_tokens=6", *("actor." + t for t in TINY),
                                         "dataset.arithmetic_n_train=256", f"run.n_steps={steps}",
-                                        f"run.fileroot={root}", "run.trial_name=ppo", "run.log_jsonl=false"])
-    ends: list[float] = []
-    inside: list[float] = []
-
-    def on_step(step: int, records) -> None:  # noqa: ANN001
-        ends.append(time.perf_counter())
-        inside.append(sum(r.seconds for r in records))
-
-    alloc = {role: 0 for role in spec.models}
-    run_local(spec, cfg.run, LaunchConfig(n_workers=1, allocation=alloc), on_step=on_step)
-    steps_s = [b - a for a, b in zip(ends[2:], ends[3:])]
-    share = [1 - i / s for s, i in zip(steps_s, inside[3:])]
-    return {"step_ms": 1e3 * statistics.median(steps_s), "share": statistics.median(share)}
+                                        f"run.fileroot={root}", f"run.trial_name={trial}", "run.log_jsonl=false",
+                                        f"run.tensorboard={str(tensorboard).lower()}"])
+    if distributed:
+        launch = LaunchConfig(n_workers=1, allocation={role: 0 for role in spec.models})
+        steps_s, inside = _timed(lambda on_step: run_local(spec, cfg.run, launch, on_step=on_step), 2)
+    else:
+        steps_s, inside = _timed(lambda on_step: run_inprocess(spec, cfg.run, on_step=on_step), 2)
+    share = [1 - i / s for s, i in zip(steps_s, inside)]
+    return {"step_ms": 1e3 * statistics.median(steps_s), "share": statistics.median(share),
+            "framework_ms": 1e3 * statistics.median([s - i for s, i in zip(steps_s, inside)])}
 
 
 def main() -> None:
@@ -112,12 +122,20 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as root:
-        for name, chain in (("one", False), ("chain", True)):
-            r = bench(name, args.steps, chain, root)
+        got = {}
+        for name, n_mfcs, two in (("one", 1, False), ("eight", 8, False), ("chain", 2, True)):
+            r = got[name] = bench(name, args.steps, n_mfcs, two, root)
             print(f"{name:>5}: step {r['step_ms']:.2f} ms median, {r['mfcs_per_step']} MFC(s); framework overhead "
                   f"per MFC {r['overhead_per_mfc_ms']:.2f} ms median (p90 {r['p90_overhead_per_mfc_ms']:.2f} ms)")
-        r = bench_ppo(max(10, args.steps // 10), root)
-        print(f"  ppo: step {r['step_ms']:.1f} ms median; framework share {100 * r['share']:.1f}% (median)")
+        marginal = (got["eight"]["step_ms"] - got["one"]["step_ms"]) / 7
+        print(f"       marginal cost of one more MFC {marginal:.2f} ms; per-step cost beyond one MFC "
+              f"{got['one']['step_ms'] - marginal:.2f} ms")
+        for distributed in (True, False):
+            for tb in (True, False):
+                r = bench_ppo(max(10, args.steps // 10), root, distributed, tb)
+                where = "master+w0 " if distributed else "in-process"
+                print(f"  ppo {where} tensorboard={'on ' if tb else 'off'}: step {r['step_ms']:.1f} ms median; "
+                      f"framework {r['framework_ms']:.1f} ms = {100 * r['share']:.1f}% of the step (medians)")
 
 
 if __name__ == "__main__":

@@ -117,10 +117,12 @@ class MessageCodec:
     """Signs and pickles messages; verifies, then unpickles them."""
 
     def __init__(self, secret: bytes) -> None:
-        self._secret = _check_secret(secret, "the secret")
+        # Keyed once; each tag starts from a copy. Copies only read it, so threads
+        # (a server's main and heartbeat threads) may share one codec.
+        self._keyed = hmac.new(_check_secret(secret, "the secret"), WIRE_VERSION, hashlib.sha256)
 
     def _tag(self, body: bytes | memoryview) -> bytes:
-        mac = hmac.new(self._secret, WIRE_VERSION, hashlib.sha256)
+        mac = self._keyed.copy()
         mac.update(body)
         return mac.digest()
 

@@ -5,16 +5,19 @@
 1. makes the run directory, a fresh HMAC secret in a mode-0600 file there
    (handed to workers as `REALFLOW_SECRET_FILE`), and a `FileNameResolver` under
    `<run dir>/name_resolve`, clearing what an earlier run of the same trial left;
-2. picks a free 127.0.0.1 port for the torch.distributed (gloo) rendezvous of the
-   workers (the master is not part of that world: it moves no tensors);
-3. starts `python -m realflow.system.worker --index i ...` per worker, each in its
+2. starts `python -m realflow.system.worker --index i ...` per worker, each in its
    own process group, with one CPU thread, logging to `<run dir>/logs/w<i>.log`
    (a thread copies new lines of those files to this console, prefixed `[w<i>]`,
    unless `LaunchConfig.merge_worker_logs` is off);
-4. connects to each worker as it publishes its address (failing early, with the
-   worker's exit code and log tail, if one dies while starting), and runs the
-   `Master` here;
-5. on every exit path (success, error, Ctrl-C, SIGTERM): EXIT to the workers that
+3. connects to each worker as it publishes its address (failing early, with the
+   worker's exit code and log tail, if one dies while starting), picks a free
+   127.0.0.1 port for the torch.distributed (gloo) rendezvous of the workers (the
+   master is not part of that world: it moves no tensors), and runs the `Master`
+   here. The port is picked only now, once the workers are up, so that the
+   window in which another process could take it before worker 0 binds it is
+   milliseconds, not the workers' start-up; if it is taken all the same, the
+   error says so, naming the port;
+4. on every exit path (success, error, Ctrl-C, SIGTERM): EXIT to the workers that
    still answer, then SIGTERM to each worker's process group, then SIGKILL after a
    grace period, and waits for every child.
 
@@ -43,7 +46,7 @@ from realflow.api.errors import ConfigError, RealflowError
 from realflow.api.experiment import ExperimentSpec, RunConfig
 from realflow.system import names
 from realflow.system.auth import SECRET_FILE_ENV, load_secret, new_secret, write_secret_file
-from realflow.system.inprocess import MFCRecord
+from realflow.system.step_log import MFCRecord
 from realflow.system.master import Master, MasterTimeouts
 from realflow.system.messages import RequestKind
 from realflow.system.name_resolve import FileNameResolver
@@ -229,12 +232,11 @@ def run_local(
     name_root = run_dir / "name_resolve"
     resolver = FileNameResolver(name_root)
     resolver.reset(run.experiment_name, run.trial_name)
-    dist_init = f"tcp://127.0.0.1:{free_port()}"
-
     workers = _Workers(run_dir, launch.n_workers)
     merger = _LogMerger(workers.logs, [worker_name(i) for i in range(launch.n_workers)]) \
         if launch.merge_worker_logs else None
     client = RequestClient(secret, heartbeat=launch.heartbeat)
+    dist_port: int | None = None
     restore = _raise_on_sigterm()
     try:
         workers.start(lambda i: [
@@ -245,6 +247,8 @@ def run_local(
         if merger is not None:
             merger.start()
         _connect(client, resolver, run, workers, launch.start_timeout_s)
+        dist_port = free_port()
+        dist_init = f"tcp://127.0.0.1:{dist_port}"
         master = Master(spec, run, client, launch.n_workers, dist_init, launch.allocation, launch.timeouts,
                         user_files=tuple(str(Path(f).resolve()) for f in launch.user_files),
                         resume_from=None if launch.resume_from is None else Path(launch.resume_from).resolve())
@@ -254,7 +258,7 @@ def run_local(
     except (Exception, KeyboardInterrupt) as e:
         time.sleep(0.2)  # let a dying worker's exit code show
         died = workers.died()
-        head = f"{died}; " if died else ""
+        head = _port_taken(e, dist_port) + (f"{died}; " if died else "")
         raise LaunchError(
             f"distributed run failed: {head}{type(e).__name__}: {e}\nworkers:\n{workers.describe()}"
         ) from e
@@ -266,6 +270,16 @@ def run_local(
             merger.stop()  # after the reap: drains what the workers wrote last
         restore()
         secret_path.unlink(missing_ok=True)
+
+
+def _port_taken(error: BaseException, port: int | None) -> str:
+    """The first words of the error when the rendezvous port was taken (torch's
+    DistNetworkError names the port and EADDRINUSE); '' otherwise."""
+    text = str(error)
+    if port is None or "EADDRINUSE" not in text or f"port: {port}" not in text:
+        return ""
+    return (f"the torch.distributed rendezvous port 127.0.0.1:{port} was taken by another process before "
+            f"worker '{worker_name(0)}' could bind it (the launcher picks a free one; run again); ")
 
 
 def _connect(client: RequestClient, resolver: FileNameResolver, run: RunConfig, workers: _Workers,

@@ -158,9 +158,7 @@ class RequestClient:
                     wake = min(wake, self._heartbeat_tick())
                 self._pump(wake)
         finally:
-            for r in requests:
-                self._pending.pop(r.id, None)
-                self._done.pop(r.id, None)
+            self._abandon(requests)
 
     def wait_any(self, requests: Sequence[Request]) -> list[Response]:
         """The responses among `requests` that have arrived: at least one, as soon as one is in.
@@ -185,9 +183,7 @@ class RequestClient:
                     wake = min(wake, self._heartbeat_tick())
                 self._pump(wake)
         except BaseException:
-            for r in requests:
-                self._pending.pop(r.id, None)
-                self._done.pop(r.id, None)
+            self._abandon(requests)
             raise
 
     def call(self, worker: str, kind: RequestKind, payload: Any = None, *, timeout: float) -> Any:
@@ -197,21 +193,31 @@ class RequestClient:
     def call_all(self, kind: RequestKind, payloads: Mapping[str, Any], *, timeout: float) -> dict[str, Any]:
         """Send `kind` with `payloads[worker]` to each worker; their payloads by worker.
 
-        If any handler raised, WorkerError carries the first failure's traceback and
-        names every failed worker.
+        Fails fast: as soon as a handler has raised, WorkerError carries that
+        failure's traceback and names every worker failed so far and those still
+        working (whose requests are abandoned). Waiting for them could take until
+        their deadline: a worker of a collective CONFIGURE whose peer failed to
+        bind the rendezvous port waits for that peer forever.
         """
-        responses = self.wait([self.send(w, kind, p, timeout=timeout) for w, p in payloads.items()])
-        failed = [r for r in responses if not r.ok]
-        if failed:
-            try:
-                failed[0].unwrap()
-            except WorkerError as e:
-                others = [r.worker for r in failed[1:]]
-                extra = f" (also failed: {others})" if others else ""
-                raise WorkerError(
-                    f"{kind.name} failed on {len(failed)} of {len(responses)} workers{extra}: {e}"
-                ) from None
-        return {r.worker: r.payload for r in responses}
+        requests = [self.send(w, kind, p, timeout=timeout) for w, p in payloads.items()]
+        got: dict[str, Response] = {}
+        while len(got) < len(requests):
+            for r in self.wait_any([r for r in requests if r.id not in got]):
+                got[r.request_id] = r
+            failed = [got[r.id] for r in requests if r.id in got and not got[r.id].ok]
+            if failed:
+                outstanding = [r for r in requests if r.id not in got]
+                self._abandon(outstanding)
+                try:
+                    failed[0].unwrap()
+                except WorkerError as e:
+                    others = [r.worker for r in failed[1:]]
+                    extra = f" (also failed: {others})" if others else ""
+                    still = f"; abandoned: {[r.target for r in outstanding]}" if outstanding else ""
+                    raise WorkerError(
+                        f"{kind.name} failed on {len(failed)} of {len(requests)} workers{extra}{still}: {e}"
+                    ) from None
+        return {r.target: got[r.id].payload for r in requests}
 
     # --------------------------------------------------------------- heartbeats
 
@@ -269,6 +275,12 @@ class RequestClient:
 
     # ---------------------------------------------------------------- internals
 
+    def _abandon(self, requests: Sequence[Request]) -> None:
+        """Forget `requests`: their late replies are dropped."""
+        for r in requests:
+            self._pending.pop(r.id, None)
+            self._done.pop(r.id, None)
+
     def _peer(self, worker: str) -> _Peer:
         try:
             return self._peers[worker]
@@ -291,10 +303,13 @@ class RequestClient:
         events = self._poller.poll(max(0, math.ceil(timeout * 1000)))  # ceil: never spin near a deadline
         for sock, _ in events:
             peer = self._sockets[sock]
-            while sock.poll(0):
-                kind = "heartbeat" if sock is peer.heartbeats else "request"
-                where = f"{self.name}: {kind} socket of worker '{peer.name}' ({peer.address.host})"
-                got = recv_message(sock, self._codec, router=False, where=where)
+            kind = "heartbeat" if sock is peer.heartbeats else "request"
+            where = f"{self.name}: {kind} socket of worker '{peer.name}' ({peer.address.host})"
+            while True:
+                try:
+                    got = recv_message(sock, self._codec, router=False, where=where, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
                 if got is not None:
                     self._file(peer, got[1], where)
 

@@ -136,6 +136,8 @@ class RequestServer:
         self._exited = False
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
+        self._poller = zmq.Poller()  # one for the life of the socket: Socket.poll makes one per call
+        self._poller.register(self._sock, zmq.POLLIN)
         hb_sock = self._ctx.socket(zmq.ROUTER)
         try:
             for s in (self._sock, hb_sock):
@@ -171,7 +173,7 @@ class RequestServer:
 
     def serve_once(self, timeout: float) -> Request | None:
         """Wait up to `timeout` s for one message; handle it. The request served, or None."""
-        if not self._sock.poll(max(0, math.ceil(timeout * 1000))):
+        if not self._poller.poll(max(0, math.ceil(timeout * 1000))):
             return None
         request, identity = self._admit(self._sock, where=f"worker '{self.name}' request socket")
         if request is None:

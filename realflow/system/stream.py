@@ -98,14 +98,16 @@ def _peer_of(frame: zmq.Frame) -> str:
 
 
 def recv_message(
-    sock: zmq.Socket, codec: MessageCodec, *, router: bool, where: str
+    sock: zmq.Socket, codec: MessageCodec, *, router: bool, where: str, flags: int = 0
 ) -> tuple[bytes | None, Any, str] | None:
-    """One message from `sock` (which must be readable): (identity, message, peer), or None if dropped.
+    """One message from `sock`: (identity, message, peer), or None if dropped.
 
     On a ROUTER socket the first frame is the sender's identity; the rest must
     authenticate. A message that does not is logged with its peer and never unpickled.
+    With `flags=zmq.NOBLOCK`, zmq.Again when no message is waiting (a reader drains
+    a socket this way: one call per message, no poll before each).
     """
-    frames = sock.recv_multipart(copy=False)
+    frames = sock.recv_multipart(flags, copy=False)
     peer = _peer_of(frames[-1])
     identity = frames[0].bytes if router else None
     body = frames[1:] if router else frames

@@ -173,8 +173,28 @@ def test_call_all_names_failed_workers() -> None:
             client.connect(s.server.name, s.server.address)
         out = client.call_all(RequestKind.CONFIGURE, {"w0": 0, "w1": 1, "w2": 2}, timeout=5)
         assert {w: v["echo"] for w, v in out.items()} == {"w0": 0, "w1": 1, "w2": 2}
-        with pytest.raises(WorkerError, match=r"SAVE failed on 2 of 2 workers \(also failed: \['w2'\]\).*worker 'w1'"):
+        # Both fail at once; the first failure in comes with its traceback, the other is named.
+        with pytest.raises(WorkerError, match=r"SAVE failed on [12] of 2 workers.*worker 'w[12]' failed SAVE"):
             client.call_all(RequestKind.SAVE, {"w1": None, "w2": None}, timeout=5)
+    finally:
+        for s in servers:
+            s.stop(client)
+        client.close()
+
+
+def test_call_all_fails_fast_without_waiting_for_busy_workers() -> None:
+    """A failure is reported at once, not when the others finish (they may never: a
+    collective CONFIGURE whose peer failed waits for it)."""
+    servers = [Running(f"w{i}") for i in range(2)]
+    client = RequestClient(SECRET, heartbeat=None)
+    try:
+        for s in servers:
+            client.connect(s.server.name, s.server.address)
+        t0 = time.monotonic()
+        with pytest.raises(WorkerError, match=r"RUN_MFC failed on 1 of 2 workers; abandoned: \['w0'\]: "
+                                              r"worker 'w1' failed RUN_MFC .*TypeError"):
+            client.call_all(RequestKind.RUN_MFC, {"w0": 2.0, "w1": "not seconds"}, timeout=10)
+        assert time.monotonic() - t0 < 1.5
     finally:
         for s in servers:
             s.stop(client)
