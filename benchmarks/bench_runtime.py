@@ -100,10 +100,12 @@ def bench(name: str, steps: int, n_mfcs: int, two_workers: bool, root: str) -> d
 TINY = ["arch.n_layers=2", "arch.hidden_dim=32", "arch.n_q_heads=4", "arch.n_kv_heads=2", "arch.intermediate_dim=64"]
 
 
-def bench_ppo(steps: int, root: str, distributed: bool, tensorboard: bool) -> dict[str, float]:
-    trial = f"ppo_{'dist' if distributed else 'inproc'}_{'tb' if tensorboard else 'notb'}"
-    cfg, spec = load_experiment("ppo", ["n_seqs=8", "generation.max_new_tokens=6", *("actor." + t for t in TINY),
-                                        "dataset.arithmetic_n_train=256", f"run.n_steps={steps}",
+def bench_ppo(steps: int, root: str, distributed: bool, tensorboard: bool, preset: bool = False) -> dict[str, float]:
+    """The micro PPO of the e2e tests, or (`preset`) PPO with the defaults: the tiny preset model
+    (realflow.api.experiment.ModelArch, 1.2M parameters), 32 prompts, 8 new tokens."""
+    trial = f"ppo_{'preset' if preset else 'micro'}_{'dist' if distributed else 'inproc'}_{'tb' if tensorboard else 'notb'}"
+    size = [] if preset else ["n_seqs=8", "generation.max_new_tokens=6", *("actor." + t for t in TINY)]
+    cfg, spec = load_experiment("ppo", [*size, "dataset.arithmetic_n_train=512", f"run.n_steps={steps}",
                                         f"run.fileroot={root}", f"run.trial_name={trial}", "run.log_jsonl=false",
                                         f"run.tensorboard={str(tensorboard).lower()}"])
     if distributed:
@@ -130,12 +132,16 @@ def main() -> None:
         marginal = (got["eight"]["step_ms"] - got["one"]["step_ms"]) / 7
         print(f"       marginal cost of one more MFC {marginal:.2f} ms; per-step cost beyond one MFC "
               f"{got['one']['step_ms'] - marginal:.2f} ms")
-        for distributed in (True, False):
-            for tb in (True, False):
-                r = bench_ppo(max(10, args.steps // 10), root, distributed, tb)
-                where = "master+w0 " if distributed else "in-process"
-                print(f"  ppo {where} tensorboard={'on ' if tb else 'off'}: step {r['step_ms']:.1f} ms median; "
-                      f"framework {r['framework_ms']:.1f} ms = {100 * r['share']:.1f}% of the step (medians)")
+        for preset in (False, True):
+            for distributed in (True, False):
+                for tb in (True, False):
+                    if preset and not tb:
+                        continue
+                    r = bench_ppo(max(10, args.steps // (20 if preset else 10)), root, distributed, tb, preset)
+                    where = "master+w0 " if distributed else "in-process"
+                    print(f"  ppo {'preset' if preset else 'micro '} {where} tensorboard={'on ' if tb else 'off'}: "
+                          f"step {r['step_ms']:.1f} ms median; framework {r['framework_ms']:.1f} ms = "
+                          f"{100 * r['share']:.1f}% of the step (medians)")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,10 @@ each (sample id, key). Tensors stay on the workers:
   its worker and every source of its plan are free. So transfers never wait on a
   peer busy with something else (no deadlock), and MFCs on disjoint workers run
   concurrently (`RequestClient.wait_any`);
-- when a step is done its samples are freed on every worker holding them.
+- when a step is done its samples are freed on every worker holding them: the ids
+  ride on the worker's next RUN_MFC or FETCH_DATA (`free`), which drops them before
+  anything else, so freeing costs no round trip; FREE_DATA goes out only before a
+  checkpoint and at the end.
 
 The parameter-version rule (generate of step t+1 after train of step t) is the
 Scheduler's. Per-step log lines, stats JSONL, TensorBoard scalars and when to save
@@ -185,6 +188,7 @@ class Master:
         # Results of data-parallel MFCs as their shards come back: (step, mfc) -> shard index -> result.
         self._shards: dict[tuple[int, str], tuple[dict[int, MFCResult], list[int]]] = {}  # + shard sizes
         self._shard_of: dict[str, int] = {}  # request id -> shard index
+        self._to_free: dict[int, list[Hashable]] = {}  # worker -> ids of finished steps it still holds
 
     # ----------------------------------------------------------------- set-up
 
@@ -252,6 +256,8 @@ class Master:
                 if self._busy:
                     continue  # a new step's data comes once the workers are free
                 self._fetch(step)
+            if self._busy.intersection(workers):
+                continue  # checked before planning: planning is most of the master's work per MFC
             st = self._steps[step]
             shards = shard_ids(st.meta, mfc.input_keys[0], workers)
             plan = self._plan(st, shards, mfc.input_keys)
@@ -273,7 +279,8 @@ class Master:
             if len(shards) > 1:
                 self._shards[(step, name)] = ({}, [len(ids) for _, ids in shards])
             for i, (w, ids) in enumerate(shards):
-                req = self.client.send(worker_name(w), RequestKind.RUN_MFC, RunMFC(step, name, ids, transfer),
+                req = self.client.send(worker_name(w), RequestKind.RUN_MFC,
+                                       RunMFC(step, name, ids, transfer, free=self._take_free(w)),
                                        timeout=self.timeouts.mfc_s)
                 self._inflight[req.id] = (req, step, name, frozenset({w}))
                 if len(shards) > 1:
@@ -283,15 +290,29 @@ class Master:
     def _fetch(self, step: int) -> None:
         indices = tuple(self.cursor.next_indices())
         meta: SequenceSample = self.client.call(
-            worker_name(DATA_WORKER), RequestKind.FETCH_DATA, FetchData(step, indices), timeout=self.timeouts.control_s
+            worker_name(DATA_WORKER), RequestKind.FETCH_DATA, FetchData(step, indices, free=self._take_free(DATA_WORKER)),
+            timeout=self.timeouts.control_s,
         )
         holders = {(sid, k): {DATA_WORKER} for sid in meta.ids for k in meta.keys}
         self._steps[step] = _Step(meta, holders, [])
 
     @staticmethod
     def _plan(st: _Step, shards: list[tuple[int, tuple[Hashable, ...]]], keys: Sequence[str]) -> TransferPlan:
+        if all(w in st.holders[(sid, k)] for w, ids in shards for sid in ids for k in keys):
+            return TransferPlan(())  # every shard's worker holds its inputs: nothing to plan
         needs = [Need(w, ids, tuple(keys)) for w, ids in shards]
         return transfer_plan(st.holders, needs, sizes_from_meta(st.meta.select(keys)))
+
+    def _take_free(self, w: int) -> tuple[Hashable, ...]:
+        """The ids worker `w` should drop before its next request (finished steps)."""
+        return tuple(self._to_free.pop(w, ()))
+
+    def _flush_free(self) -> None:
+        """FREE_DATA now for whatever finished steps left on the workers."""
+        if self._to_free:
+            payloads = {worker_name(w): list(ids) for w, ids in sorted(self._to_free.items())}
+            self._to_free.clear()
+            self.client.call_all(RequestKind.FREE_DATA, payloads, timeout=self.timeouts.control_s)
 
     def _shard_done(self, request_id: str, step: int, name: str, result: MFCResult) -> bool:
         """File one RUN_MFC reply; True when this finished its step in the scheduler."""
@@ -326,10 +347,11 @@ class Master:
 
     def _finish_step(self, step: int, log: StepLogger, trigger: SaveTrigger, on_step: OnStep) -> None:
         st = self._steps.pop(step)
-        holding = sorted({w for ws in st.holders.values() for w in ws})
-        ids: list[Hashable] = list(st.meta.ids)
-        self.client.call_all(RequestKind.FREE_DATA, {worker_name(w): ids for w in holding},
-                             timeout=self.timeouts.control_s)
+        # The step's samples are dropped by every worker holding them at the start of
+        # its next RUN_MFC or FETCH_DATA (no round trip of its own); what is left at the
+        # end, or before a checkpoint, goes out as FREE_DATA (`_flush_free`).
+        for w in sorted({w for ws in st.holders.values() for w in ws}):
+            self._to_free.setdefault(w, []).extend(st.meta.ids)
         self.records.extend(st.records)
         log.log_step(step, self.cursor.epoch, st.records)
         if trigger.should_save(step + 1):
@@ -344,6 +366,7 @@ class Master:
         """A checkpoint between steps: HF weights of every trained role (written by the
         workers hosting them), each worker's resume state, and the master's state."""
         assert not self._inflight, "save only between steps"
+        self._flush_free()
         by_worker: dict[str, dict[str, str]] = {worker_name(w): {} for w in range(self.n_workers)}
         for role, mfc in self.train_mfcs.items():
             by_worker[worker_name(self.allocation[role][0])][role] = mfc  # the first replica writes HF weights

@@ -49,6 +49,7 @@ class DataInfo:
 class FetchData:
     step: int
     indices: tuple[int, ...]
+    free: tuple[Hashable, ...] = ()  # ids of finished steps to drop first (instead of a FREE_DATA)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class RunMFC:
     mfc: str
     ids: tuple[Hashable, ...]
     transfer: TransferData | None  # received before the call
+    free: tuple[Hashable, ...] = ()  # ids of finished steps to drop first (instead of a FREE_DATA)
 
 
 @dataclass(frozen=True)

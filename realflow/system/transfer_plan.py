@@ -151,7 +151,7 @@ def sizes_from_meta(meta: SequenceSample) -> dict[DataKey, int]:
 
 
 def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+    return dtype.itemsize
 
 
 def _size(sizes: Mapping[DataKey, int], item: DataKey) -> int:

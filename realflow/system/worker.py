@@ -20,7 +20,8 @@ Payloads are the dataclasses of realflow.system.protocol.
 - RUN_MFC (`RunMFC`): receive the plan's data first, then run `call_mfc` on the
   MFC's inputs gathered from the store, keep the outputs, reply `MFCResult`
   (output metadata, statistics, seconds).
-- FREE_DATA (ids), SAVE (`SaveRoles`), EXIT.
+- FREE_DATA (ids), SAVE (`SaveRoles`), EXIT. FETCH_DATA and RUN_MFC also carry
+  `free`: ids of finished steps, dropped from the store before anything else.
 
 Not here: scheduling, deciding what moves where (the master), process lifecycle
 (the launcher).
@@ -122,6 +123,7 @@ class ModelWorker:
 
     def fetch_data(self, request: Request) -> SequenceSample:
         p: FetchData = request.payload
+        self.store.free(p.free)
         if self.dataset is None:
             raise ConfigError(f"worker '{self.name}' holds no data set (it is not the data worker)")
         batch = SequenceSample.gather([self.dataset[i] for i in p.indices])
@@ -134,6 +136,7 @@ class ModelWorker:
 
     def run_mfc(self, request: Request) -> MFCResult:
         p: RunMFC = request.payload
+        self.store.free(p.free)  # before the plan runs: a new step may reuse a finished step's ids
         if p.transfer is not None:
             run_transfer_plan(p.transfer.plan, p.transfer.meta, self.store, self.groups)
         mfc = self.mfcs.get(p.mfc)

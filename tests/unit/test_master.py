@@ -145,9 +145,18 @@ def test_dispatch_transfers_inputs_from_their_holders_and_frees_every_holder(tmp
 
     kinds = [(r.kind.name, r.target) for r in client.sent]
     assert kinds[:2] == [("CONFIGURE", "w0"), ("CONFIGURE", "w1")]
-    step0 = kinds[2:8]
-    assert step0 == [("FETCH_DATA", "w0"), ("RUN_MFC", "w0"), ("TRANSFER", "w0"), ("RUN_MFC", "w1"),
-                     ("FREE_DATA", "w0"), ("FREE_DATA", "w1")]
+    # Step 0's samples are freed by the next requests of the workers holding them;
+    # what the last step leaves goes out as FREE_DATA before the final checkpoint.
+    assert kinds[2:] == [("FETCH_DATA", "w0"), ("RUN_MFC", "w0"), ("TRANSFER", "w0"), ("RUN_MFC", "w1"),
+                         ("FETCH_DATA", "w0"), ("RUN_MFC", "w0"), ("TRANSFER", "w0"), ("RUN_MFC", "w1"),
+                         ("FREE_DATA", "w0"), ("FREE_DATA", "w1"), ("SAVE", "w0"), ("SAVE", "w1")]
+    step0_ids = client.sent[2].payload.indices
+    fetch1, run_a1, _, run_b1 = client.sent[6:10]
+    assert fetch1.payload.free == tuple(100 + i for i in step0_ids)  # w0 held step 0's x and y
+    assert run_a1.payload.free == () and run_b1.payload.free == tuple(100 + i for i in step0_ids)
+    frees = {r.target: r.payload for r in client.sent[10:12]}
+    step1_ids = [100 + i for i in fetch1.payload.indices]
+    assert frees == {"w0": step1_ids, "w1": step1_ids}
     transfer = next(r for r in client.sent if r.kind is RequestKind.TRANSFER).payload
     run_b = next(r for r in client.sent if r.kind is RequestKind.RUN_MFC and r.target == "w1").payload
     assert isinstance(transfer, TransferData) and run_b.transfer == transfer

@@ -59,3 +59,19 @@ def test_configure_fetch_run_free_save(sft, tmp_path: Path) -> None:
     assert all(torch.equal(x, y) for x, y in zip(a.module.state_dict().values(), b.module.state_dict().values()))
     with pytest.raises(ConfigError, match="holds no data set"):
         again.fetch_data(_req(RequestKind.FETCH_DATA, FetchData(0, (0,))))
+
+
+def test_finished_ids_ride_on_the_next_request(sft) -> None:
+    cfg, spec = sft
+    w = ModelWorker("w0")
+    w.configure(_req(RequestKind.CONFIGURE, WorkerSetup(spec, cfg.run, ("default",), 0, 1, "tcp://127.0.0.1:1",
+                                                        load_data=True)))
+    mfc = spec.mfcs[0].name
+    # A finished step's ids ride on the next request and are dropped before it runs.
+    meta = w.fetch_data(_req(RequestKind.FETCH_DATA, FetchData(1, (5, 6, 7, 8))))
+    w.fetch_data(_req(RequestKind.FETCH_DATA, FetchData(2, (9,), free=tuple(meta.ids[:3]))))
+    assert len(w.store) == 2 and w.store.has(meta.ids[3], "packed_input_ids")
+    nine = next(sid for sid in w.store.holdings() if sid != meta.ids[3])
+    w.run_mfc(_req(RequestKind.RUN_MFC, RunMFC(2, mfc, (nine,), None, free=(meta.ids[3],))))
+    assert list(w.store.holdings()) == [nine]
+    assert w.free_data(_req(RequestKind.FREE_DATA, [nine])) == 1
