@@ -119,6 +119,12 @@ class Scheduler:
                     ready.append(Task(step, name))
         return ready
 
+    def unmet(self, step: int, mfc: str) -> list[Task]:
+        """The tasks (data and parameter-version dependencies) `mfc` of `step` still
+        waits for; empty once it is READY, RUNNING or DONE. A query."""
+        self._check(step, mfc)
+        return [] if self.state(step, mfc) is not TaskState.BLOCKED else self._unmet(step, mfc)
+
     def running(self) -> list[Task]:
         """RUNNING tasks, by step then topological order."""
         return [Task(s, n) for s in sorted(self._running) for n in self._order if n in self._running[s]]

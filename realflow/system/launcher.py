@@ -74,6 +74,7 @@ class LaunchConfig:
     user_files: tuple[str, ...] = ()  # Python files every worker imports first (the CLI's --file)
     resume_from: Path | None = None  # a checkpoint directory written by Master.save (e.g. checkpoints/step2)
     stop_after_steps: int | None = None  # stop after this many steps with a resumable checkpoint
+    pipeline: bool = True  # queue an MFC on a worker behind its producer there (Master._queue_behind)
     merge_worker_logs: bool = True  # copy the workers' log lines to this console (stderr), prefixed [w<i>]
 
 
@@ -251,7 +252,8 @@ def run_local(
         dist_init = f"tcp://127.0.0.1:{dist_port}"
         master = Master(spec, run, client, launch.n_workers, dist_init, launch.allocation, launch.timeouts,
                         user_files=tuple(str(Path(f).resolve()) for f in launch.user_files),
-                        resume_from=None if launch.resume_from is None else Path(launch.resume_from).resolve())
+                        resume_from=None if launch.resume_from is None else Path(launch.resume_from).resolve(),
+                        pipeline=launch.pipeline)
         master.configure()
         records = master.run_all(on_step, stop_after_steps=launch.stop_after_steps)
         return DistributedResult(records, run_dir)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Collection, Hashable, Mapping, Sequence
@@ -49,7 +50,7 @@ from realflow.api.dfg import ModelName, build_graph, mfc_of, train_mfc_by_role
 from realflow.api.errors import ConfigError
 from realflow.api.experiment import ExperimentSpec, RunConfig
 from realflow.api.interface import INTERFACES
-from realflow.api.scheduler import Scheduler
+from realflow.api.scheduler import Scheduler, TaskState
 from realflow.system.data_cursor import DataCursor
 from realflow.system.inprocess import n_tokens
 from realflow.system.step_log import MFCRecord, SaveTrigger, StepLogger
@@ -172,6 +173,7 @@ class Master:
         timeouts: MasterTimeouts = MasterTimeouts(),
         user_files: tuple[str, ...] = (),
         resume_from: Path | None = None,
+        pipeline: bool = True,
     ) -> None:
         self.user_files = tuple(user_files)
         self.resume_from = resume_from
@@ -183,7 +185,10 @@ class Master:
         self.run_dir = Path(run.fileroot) / run.experiment_name / run.trial_name
         self.records: list[MFCRecord] = []
         self._steps: dict[int, _Step] = {}
-        self._busy: set[int] = set()
+        self._load: Counter[int] = Counter()  # requests in flight per worker
+        self.pipeline = pipeline
+        # MFCs sent behind their producers on the same worker, not yet READY in the scheduler.
+        self._queued: set[tuple[int, str]] = set()
         self._inflight: dict[str, tuple[Request, int, str | None, frozenset[int]]] = {}  # id -> (req, step, mfc, ranks)
         # Results of data-parallel MFCs as their shards come back: (step, mfc) -> shard index -> result.
         self._shards: dict[tuple[int, str], tuple[dict[int, MFCResult], list[int]]] = {}  # + shard sizes
@@ -231,15 +236,17 @@ class Master:
                     self.save(self.run_dir / "checkpoints" / f"step{self.scheduler.completed_steps}")
                     return self.records
                 self._dispatch_ready()
+                self._queue_behind()
                 if not self._inflight:
                     raise RuntimeError(f"scheduler stalled with nothing ready: running {self.scheduler.running()}")
                 requests = [r for r, *_ in self._inflight.values()]
                 for response in self.client.wait_any(requests):
                     request, step, name, ranks = self._inflight.pop(response.request_id)
-                    self._busy -= ranks
+                    self._load.subtract(ranks)
                     payload = response.unwrap()
                     if name is not None and self._shard_done(response.request_id, step, name, payload):
                         done_steps.add(step)
+                    self._start_queued()
                 # A source's TRANSFER reply may come after its consumer's RUN_MFC reply.
                 for step in sorted(done_steps):
                     if not any(s == step for _, s, _, _ in self._inflight.values()):
@@ -285,7 +292,64 @@ class Master:
                 self._inflight[req.id] = (req, step, name, frozenset({w}))
                 if len(shards) > 1:
                     self._shard_of[req.id] = i
-            self._busy |= ranks
+            self._load.update(ranks)
+
+    @property
+    def _busy(self) -> set[int]:
+        return {w for w, n in self._load.items() if n > 0}
+
+    def _queue_behind(self) -> None:
+        """Send a worker busy with an MFC the next MFC it can run without new data.
+
+        A worker serves its requests in order, so an MFC whose inputs are all on that
+        worker, or are outputs of the one MFC running there, can wait in the worker's
+        queue instead of in the master: the round trip and the master's own work
+        between the two MFCs then overlap the first one (`pipeline=False` turns this
+        off). Only single-worker roles, one queued request per worker, and no
+        transfers; the scheduler's rules are kept: the queued MFC is marked started
+        when it becomes READY (`_start_queued`), which happens before its reply.
+        """
+        if not self.pipeline:
+            return
+        running: dict[int, str] = {}  # worker -> the one RUN_MFC in flight there
+        for _, step, name, ranks in self._inflight.values():
+            if name is not None and len(ranks) == 1:
+                running[next(iter(ranks))] = name
+        for step, st in self._steps.items():
+            for name in self.scheduler.mfcs:
+                if (step, name) in self._queued or self.scheduler.state(step, name) not in (
+                        TaskState.READY, TaskState.BLOCKED):
+                    continue
+                mfc = mfc_of(self.graph, name)
+                workers = self.allocation[mfc.role]
+                w = workers[0]
+                if len(workers) > 1 or self._load[w] != 1 or w not in running:
+                    continue
+                producer = mfc_of(self.graph, running[w])
+                unmet = self.scheduler.unmet(step, name)
+                if any(t != (step, producer.name) for t in unmet) or self.allocation[producer.role] != (w,):
+                    continue
+                coming = set(producer.output_keys)
+                if not all(k in coming or w in st.holders.get((sid, k), ()) for k in mfc.input_keys
+                           for sid in st.meta.ids):
+                    continue
+                if unmet:
+                    self._queued.add((step, name))
+                else:
+                    self.scheduler.start(step, name)
+                req = self.client.send(worker_name(w), RequestKind.RUN_MFC,
+                                       RunMFC(step, name, tuple(st.meta.ids), None, free=self._take_free(w)),
+                                       timeout=self.timeouts.mfc_s)
+                self._inflight[req.id] = (req, step, name, frozenset({w}))
+                self._load[w] += 1
+                running.pop(w)
+
+    def _start_queued(self) -> None:
+        """Mark queued MFCs started once the scheduler has them READY (their producer is done)."""
+        for step, name in sorted(self._queued):
+            if self.scheduler.state(step, name) is TaskState.READY:
+                self.scheduler.start(step, name)
+                self._queued.discard((step, name))
 
     def _fetch(self, step: int) -> None:
         indices = tuple(self.cursor.next_indices())

@@ -50,14 +50,18 @@ class FakeClient:
         self.n_samples = n_samples
         self.last_first = last_first  # answer the newest request first (a RUN_MFC before its TRANSFER)
         self.sent: list[Request] = []
+        self.depth: list[int] = []
         self.inflight: dict[str, Request] = {}
         self._next_id = 0
 
     def send(self, worker: str, kind: RequestKind, payload=None, *, timeout: float) -> Request:  # noqa: ANN001
         busy = [r for r in self.inflight.values() if r.target == worker]
-        assert not busy, f"{worker} got {kind.name} while busy with {busy[0].kind.name}"
+        # A worker serves requests in order; the master may queue one RUN_MFC behind another.
+        queued = kind is RequestKind.RUN_MFC and len(busy) == 1 and busy[0].kind is RequestKind.RUN_MFC
+        assert not busy or (queued and not self.last_first), f"{worker} got {kind.name} while busy with {busy[0].kind.name}"
         req = Request.new(kind, worker, timeout, payload)
         self.sent.append(req)
+        self.depth.append(len(busy) + 1)  # requests in flight at that worker once this one is sent
         self.inflight[req.id] = req
         return req
 
@@ -201,3 +205,27 @@ def test_a_data_parallel_mfc_runs_one_shard_per_worker_and_its_outputs_stay_ther
     assert freed == ["w0", "w1", "w2"]
     saves = {r.target: r.payload.roles for r in client.sent if r.kind is RequestKind.SAVE}
     assert saves == {"w0": {}, "w1": {}, "w2": {}}  # nothing is trained here
+
+
+def test_an_mfc_waits_in_its_workers_queue_behind_its_producer(tmp_path: Path) -> None:
+    client = FakeClient()
+    run = RunConfig(n_steps=2, fileroot=str(tmp_path), log_jsonl=False)
+    master = Master(_spec(), run, client, n_workers=1, dist_init="tcp://127.0.0.1:1",  # type: ignore[arg-type]
+                    allocation={"r0": 0, "r1": 0})
+    master.configure()
+    records = master.run_all()
+    sent = [(r.kind.name, r.payload.mfc if r.kind is RequestKind.RUN_MFC else None) for r in client.sent[1:]]
+    # b is sent while a runs (no reply in between), without a transfer: its inputs are, or will be, on w0.
+    assert sent[:3] == [("FETCH_DATA", None), ("RUN_MFC", "a"), ("RUN_MFC", "b")]
+    assert sent[3:6] == [("FETCH_DATA", None), ("RUN_MFC", "a"), ("RUN_MFC", "b")]
+    assert client.depth[1:7] == [1, 1, 2, 1, 1, 2]  # b went out while a was still in flight
+    assert all(r.payload.transfer is None for r in client.sent if r.kind is RequestKind.RUN_MFC)
+    assert [(r.step, r.mfc) for r in records] == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
+
+    client = FakeClient()
+    master = Master(_spec(), RunConfig(n_steps=1, fileroot=str(tmp_path), log_jsonl=False), client,  # type: ignore[arg-type]
+                    n_workers=1, dist_init="tcp://127.0.0.1:1", allocation={"r0": 0, "r1": 0}, pipeline=False)
+    master.configure()
+    master.run_all()
+    assert [r.kind.name for r in client.sent[1:4]] == ["FETCH_DATA", "RUN_MFC", "RUN_MFC"]
+    assert max(client.depth) == 1  # without the pipeline, b waits for a's reply in the master
