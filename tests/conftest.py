@@ -26,5 +26,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _seed():
+    """Seed 0 and one torch thread (the workers' setting, so that reductions in this
+    process and in worker processes match bit for bit) for every test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+    torch.set_num_threads(threads)

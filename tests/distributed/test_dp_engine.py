@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from dist_helpers import free_port, run_ranks
 from realflow.api.config import OptimizerConfig
 from realflow.api.data import MicroBatchSpec, SequenceSample, SplitSpec
 from realflow.engine.train import TrainEngine
@@ -107,26 +105,9 @@ def _whiten_input() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(7, generator=g) * 3 + 1, torch.tensor([1, 1, 0, 1, 0, 1, 1], dtype=torch.bool)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(DEADLINE_S + 30)
 def test_two_replicas_take_the_whole_batch_step(tmp_path: Path) -> None:
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + DEADLINE_S
-    try:
-        while not ctx.join(timeout=0.5):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"data-parallel engine test did not finish within {DEADLINE_S} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-                p.join(5)
+    run_ranks(_worker, (free_port(), str(tmp_path)), WORLD, DEADLINE_S, "the data-parallel engine test")
     got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     ref = _engine()

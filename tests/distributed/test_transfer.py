@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from dist_helpers import free_port, run_ranks
 from realflow.api.data import SequenceSample
 from realflow.api.errors import DataError
 from realflow.system.sample_store import SampleStore
@@ -161,27 +159,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(TEST_DEADLINE_S + 30)
 def test_three_gloo_ranks_receive_exactly_the_right_bits(tmp_path: Path) -> None:
-    ctx = mp.start_processes(
-        _worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + TEST_DEADLINE_S
-    try:
-        while not ctx.join(timeout=0.5):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"transfer test did not finish within {TEST_DEADLINE_S} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-                p.join(5)
+    run_ranks(_worker, (free_port(), str(tmp_path)), WORLD, TEST_DEADLINE_S, "the transfer test")
     counts = {r: int((tmp_path / f"rank{r}.ok").read_text()) for r in range(WORLD)}
     # Twice: rank 0 3 ids x 4 keys, rank 1 3 x 4, rank 2 6 x 2; then rank 1 6 x 3.
     assert counts == {0: 24, 1: 24 + 18, 2: 24}

@@ -7,11 +7,10 @@ actor and the critic each on two workers must keep each role's replicas identica
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from e2e_helpers import hf_weights
 
 from realflow.apps.experiments import load_experiment
 from realflow.system.inprocess import run_inprocess
@@ -22,22 +21,6 @@ from realflow.system.request_client import HeartbeatPolicy
 TINY = ["arch.n_layers=2", "arch.hidden_dim=32", "arch.n_q_heads=4", "arch.n_kv_heads=2", "arch.intermediate_dim=64"]
 DATA = ["dataset.arithmetic_n_train=64", "dataset.arithmetic_difficulty=easy"]
 FAST_HB = HeartbeatPolicy(interval_s=0.5, timeout_s=3.0)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _weights(root: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(root.glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    assert out, f"no safetensors under {root}"
-    return out
 
 
 @pytest.mark.timeout(180)
@@ -57,8 +40,8 @@ def test_sft_data_parallel_over_two_workers_takes_the_single_process_steps(tmp_p
         assert r.stats.keys() == w.stats.keys()
         for k, v in r.stats.items():
             assert v == pytest.approx(w.stats[k], rel=1e-4, abs=1e-6), (r.step, k)
-    a = _weights(dp.run_dir / "checkpoints" / "final" / role)
-    b = _weights(ref.run_dir / "checkpoints" / "final" / role)
+    a = hf_weights(dp.run_dir / "checkpoints" / "final" / role)
+    b = hf_weights(ref.run_dir / "checkpoints" / "final" / role)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=k)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from e2e_helpers import hf_weights, live_children
 
 from realflow.apps.experiments import load_experiment
 from realflow.system import names
@@ -45,36 +45,14 @@ def _one_thread():
     old = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers' setting, so that reductions match bit for bit
     _BEFORE.clear()
-    _BEFORE.update(_all_children())  # children that other tests left (e.g. a resource tracker) do not count
+    _BEFORE.update(live_children())  # children that other tests left (e.g. a resource tracker) do not count
     yield
     torch.set_num_threads(old)
 
 
 def _children() -> list[int]:
     """Live children of this process started since the test began."""
-    return [pid for pid in _all_children() if pid not in _BEFORE]
-
-
-def _all_children() -> list[int]:
-    """Pids of this process's live children (from /proc)."""
-    me, out = os.getpid(), []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == me and fields[0] != "Z":
-                out.append(int(d.name))
-    return out
-
-
-def _weights(root: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(root.glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    assert out, f"no safetensors under {root}"
-    return out
+    return [pid for pid in live_children() if pid not in _BEFORE]
 
 
 def _compare(name: str, overrides: list[str], tmp_path: Path, allocation: dict[str, int] | None) -> None:
@@ -95,8 +73,8 @@ def _compare(name: str, overrides: list[str], tmp_path: Path, allocation: dict[s
     trained = sorted(p.name for p in (ref.run_dir / "checkpoints" / "final").iterdir())
     assert trained
     for role in trained:
-        a = _weights(dist.run_dir / "checkpoints" / "final" / role)
-        b = _weights(ref.run_dir / "checkpoints" / "final" / role)
+        a = hf_weights(dist.run_dir / "checkpoints" / "final" / role)
+        b = hf_weights(ref.run_dir / "checkpoints" / "final" / role)
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), (role, k)
@@ -197,8 +175,8 @@ def test_stop_and_resume_gives_the_same_weights_as_one_run(tmp_path):
     for r in second.records:
         assert r.stats == want[(r.step, r.mfc)], (r.step, r.mfc)
     for role in ("actor", "critic"):
-        a = _weights(second.run_dir / "checkpoints" / "final" / role)
-        b = _weights(once.run_dir / "checkpoints" / "final" / role)
+        a = hf_weights(second.run_dir / "checkpoints" / "final" / role)
+        b = hf_weights(once.run_dir / "checkpoints" / "final" / role)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), role
     assert not _children()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import zmq
-from safetensors.torch import load_file
+from e2e_helpers import hf_weights, live_children
 
 import realflow.system.launcher as launcher
 from realflow.apps.experiments import load_experiment
@@ -60,31 +60,9 @@ def new_children():
     that lists this process's children started since the test began."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
-    before = set(_children())
-    yield lambda: [p for p in _children() if p not in before]
+    before = set(live_children())
+    yield lambda: [p for p in live_children() if p not in before]
     torch.set_num_threads(old)
-
-
-def _children() -> list[int]:
-    """Pids of this process's live (not zombie) children, from /proc."""
-    me, out = os.getpid(), []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == me and fields[0] != "Z":
-                out.append(int(d.name))
-    return out
-
-
-def _weights(root: Path) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(root.glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    assert out, f"no safetensors under {root}"
-    return out
 
 
 def _address(cfg, tmp_path: Path, index: int) -> ServerAddress:
@@ -132,7 +110,7 @@ def test_forged_messages_to_running_workers_are_dropped_and_the_run_finishes(tmp
     cfg, spec = load_experiment("sft", [*SFT, "run.n_steps=3", f"run.fileroot={tmp_path}", "run.trial_name=ref"])
     ref = run_inprocess(spec, cfg.run)
     assert [(r.step, r.mfc, r.stats) for r in dist.records] == [(r.step, r.mfc, r.stats) for r in ref.records]
-    a, b = (_weights(r.run_dir / "checkpoints" / "final" / "default") for r in (dist, ref))
+    a, b = (hf_weights(r.run_dir / "checkpoints" / "final" / "default") for r in (dist, ref))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not new_children()
 

@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from realflow.apps.experiments import load_experiment
@@ -21,14 +20,6 @@ from realflow.system.request_client import HeartbeatPolicy
 TINY = ["arch.n_layers=2", "arch.hidden_dim=32", "arch.n_q_heads=4", "arch.n_kv_heads=2", "arch.intermediate_dim=64"]
 # 64 problems in batches of 16: 4 steps per epoch
 SFT = ["n_seqs=16", *("model." + t for t in TINY), "dataset.arithmetic_n_train=64", "dataset.arithmetic_difficulty=easy"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _checkpoints(run_dir: Path) -> list[str]:
