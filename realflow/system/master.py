@@ -65,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 DATA_WORKER = 0
 OnStep = Callable[[int, list[MFCRecord]], None] | None  # called after each step with its records
+QUEUE_DEPTH = 3  # requests the master keeps in flight at one worker when pipelining (Master._queue_behind)
 MASTER_STATE = "master_state.json"  # in a checkpoint directory: scheduler, data cursor, allocation
 WORKER_STATE = "worker_state"  # in a checkpoint directory: <worker>.pt per worker
 
@@ -302,19 +303,24 @@ class Master:
         """Send a worker busy with an MFC the next MFC it can run without new data.
 
         A worker serves its requests in order, so an MFC whose inputs are all on that
-        worker, or are outputs of the one MFC running there, can wait in the worker's
+        worker, or are outputs of MFCs already sent there, can wait in the worker's
         queue instead of in the master: the round trip and the master's own work
-        between the two MFCs then overlap the first one (`pipeline=False` turns this
-        off). Only single-worker roles, one queued request per worker, and no
-        transfers; the scheduler's rules are kept: the queued MFC is marked started
-        when it becomes READY (`_start_queued`), which happens before its reply.
+        between MFCs then overlap the running one (`pipeline=False` turns this off).
+        Only single-worker roles, workers running nothing but RUN_MFCs of this step,
+        at most `QUEUE_DEPTH` requests per worker, no transfers; the scheduler's rules
+        are kept: every task a queued MFC waits for is already sent to its worker, and
+        it is marked started when it becomes READY (`_start_queued`), before its reply.
         """
         if not self.pipeline:
             return
-        running: dict[int, str] = {}  # worker -> the one RUN_MFC in flight there
+        sent: dict[int, list[str]] = {}  # worker -> the RUN_MFCs in flight there (only single-worker ones)
+        mixed: set[int] = set()  # workers with a TRANSFER or a data-parallel shard in flight
         for _, step, name, ranks in self._inflight.values():
-            if name is not None and len(ranks) == 1:
-                running[next(iter(ranks))] = name
+            for w in ranks:
+                if name is not None and self.allocation[mfc_of(self.graph, name).role] == (w,):
+                    sent.setdefault(w, []).append(name)
+                else:
+                    mixed.add(w)
         for step, st in self._steps.items():
             for name in self.scheduler.mfcs:
                 if (step, name) in self._queued or self.scheduler.state(step, name) not in (
@@ -323,16 +329,16 @@ class Master:
                 mfc = mfc_of(self.graph, name)
                 workers = self.allocation[mfc.role]
                 w = workers[0]
-                if len(workers) > 1 or self._load[w] != 1 or w not in running:
+                if len(workers) > 1 or w in mixed or not sent.get(w) or self._load[w] >= QUEUE_DEPTH:
                     continue
-                producer = mfc_of(self.graph, running[w])
-                unmet = self.scheduler.unmet(step, name)
-                if any(t != (step, producer.name) for t in unmet) or self.allocation[producer.role] != (w,):
+                ahead = set(sent[w])
+                if any(t.step != step or t.mfc not in ahead for t in self.scheduler.unmet(step, name)):
                     continue
-                coming = set(producer.output_keys)
+                coming = {k for p in ahead for k in mfc_of(self.graph, p).output_keys}
                 if not all(k in coming or w in st.holders.get((sid, k), ()) for k in mfc.input_keys
                            for sid in st.meta.ids):
                     continue
+                unmet = self.scheduler.unmet(step, name)
                 if unmet:
                     self._queued.add((step, name))
                 else:
@@ -342,7 +348,7 @@ class Master:
                                        timeout=self.timeouts.mfc_s)
                 self._inflight[req.id] = (req, step, name, frozenset({w}))
                 self._load[w] += 1
-                running.pop(w)
+                sent[w].append(name)
 
     def _start_queued(self) -> None:
         """Mark queued MFCs started once the scheduler has them READY (their producer is done)."""

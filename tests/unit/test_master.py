@@ -17,7 +17,7 @@ from realflow.api.dfg import MFCDef, MFCKind
 from realflow.api.errors import ConfigError
 from realflow.api.experiment import DatasetSpec, ExperimentSpec, ModelSpec, RunConfig
 from realflow.api.interface import ModelInterface, register_interface
-from realflow.system.master import Master, check_allocation, default_allocation, merge_shard_stats, shard_ids
+from realflow.system.master import QUEUE_DEPTH, Master, check_allocation, default_allocation, merge_shard_stats, shard_ids
 from realflow.system.messages import Request, RequestKind, Response
 from realflow.system.protocol import DataInfo, MFCResult, RunMFC, SaveRoles, TransferData
 
@@ -57,7 +57,8 @@ class FakeClient:
     def send(self, worker: str, kind: RequestKind, payload=None, *, timeout: float) -> Request:  # noqa: ANN001
         busy = [r for r in self.inflight.values() if r.target == worker]
         # A worker serves requests in order; the master may queue one RUN_MFC behind another.
-        queued = kind is RequestKind.RUN_MFC and len(busy) == 1 and busy[0].kind is RequestKind.RUN_MFC
+        queued = kind is RequestKind.RUN_MFC and len(busy) < QUEUE_DEPTH and all(
+            r.kind is RequestKind.RUN_MFC for r in busy)
         assert not busy or (queued and not self.last_first), f"{worker} got {kind.name} while busy with {busy[0].kind.name}"
         req = Request.new(kind, worker, timeout, payload)
         self.sent.append(req)
@@ -72,7 +73,7 @@ class FakeClient:
             payload = _meta([100 + i for i in req.payload.indices], ["x"])
         elif req.kind is RequestKind.RUN_MFC:
             p: RunMFC = req.payload
-            out = {"a": "y", "b": "z"}[p.mfc]
+            out = {"a": "y", "b": "z", "c": "w"}[p.mfc]
             # "n" tells the shards apart: a shard of k samples reports n=k.
             payload = MFCResult(_meta(list(p.ids), [out]), {"s": 1.0, "n": float(len(p.ids))}, 0.01)
         else:
@@ -229,3 +230,18 @@ def test_an_mfc_waits_in_its_workers_queue_behind_its_producer(tmp_path: Path) -
     master.run_all()
     assert [r.kind.name for r in client.sent[1:4]] == ["FETCH_DATA", "RUN_MFC", "RUN_MFC"]
     assert max(client.depth) == 1  # without the pipeline, b waits for a's reply in the master
+
+
+def test_the_queue_at_a_worker_is_bounded_and_follows_the_graph(tmp_path: Path) -> None:
+    spec = _spec()
+    c = MFCDef(name="c", model_name="r1", kind=MFCKind.INFERENCE, interface_type="null_for_master_test",
+               input_keys=("z",), output_keys=("w",), n_seqs=2)
+    spec = ExperimentSpec(mfcs=[*spec.mfcs, c], models=spec.models, dataset=spec.dataset)
+    client = FakeClient()
+    master = Master(spec, RunConfig(n_steps=1, fileroot=str(tmp_path), log_jsonl=False), client,  # type: ignore[arg-type]
+                    n_workers=1, dist_init="tcp://127.0.0.1:1", allocation={"r0": 0, "r1": 0})
+    master.configure()
+    records = master.run_all()
+    runs = [r.payload.mfc for r in client.sent if r.kind is RequestKind.RUN_MFC]
+    assert runs == ["a", "b", "c"] and client.depth[1:5] == [1, 1, 2, 3]  # FETCH, then a chain of three queued
+    assert [r.mfc for r in records] == ["a", "b", "c"]
