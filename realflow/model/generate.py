@@ -3,13 +3,15 @@
 1. Prefill: one packed forward over all prompts (no padding) that stores keys and
    values in a preallocated `KVCache` and computes the head only at each prompt's
    last token.
-2. Decode: every step feeds one token per sequence, appends to the cache and
-   attends over it; the prefix is never recomputed. A sequence stops at its first
-   EOS (the EOS is part of its output). Every few steps the host reads which rows
-   have stopped (a device sync, hence not every step): once a quarter of the decode
-   batch has, those rows are dropped from the batch and the cache, so long tails run
-   on small batches; the loop ends when all have stopped or after `max_new_tokens`.
-   Stopped rows still in the batch are fed padding and their outputs discarded.
+2. Decode: every step feeds one token per sequence through a `Decoder` (decoder.py:
+   the model's weights prepared once per call for small-batch GEMMs), appends to the
+   cache and attends over it; the prefix is never recomputed. A sequence stops at
+   its first EOS (the EOS is part of its output). Every few steps the host reads
+   which rows have stopped (a device sync, hence not every step): once a quarter of
+   the decode batch has, those rows are dropped from the batch and the cache, so
+   long tails run on small batches; the loop ends when all have stopped or after
+   `max_new_tokens`. Stopped rows still in the batch are fed padding and their
+   outputs discarded.
 
 The decode loop is built to issue few small ops per step (on CPU each costs
 micro-seconds, as much as the arithmetic of a small model): rotary angles come from
@@ -33,6 +35,7 @@ import torch
 
 from realflow.api.errors import DataError, ModelError
 from realflow.api.generation import GenerationConfig, GenerationResult
+from realflow.model.decoder import Decoder
 from realflow.model.kv_cache import KVCache
 from realflow.model.real_model import ReaLModel
 from realflow.model.sampling import sample
@@ -122,6 +125,8 @@ def _generate(
     cache = KVCache(model.config, lens, max_new, model.dtype, device)
     logits = model(prompt_ids, cu.to(torch.int32), cache=cache, head_rows=cu[1:] - 1).float()  # (B, V)
     cache.column = cache.prompt_width
+    # Weights prepared for the decode GEMMs, once per call (not when no step follows).
+    decoder = Decoder(model, batch) if max_new > 1 else None
     positions = lens.clone()  # position of the token fed next
 
     # Per step the loop only appends to lists; outputs are assembled per segment
@@ -179,7 +184,7 @@ def _generate(
                 rows, tokens, positions = rows[alive], tokens[alive], positions[alive]
                 cache.keep_rows(alive)
                 done = torch.zeros(rows.numel(), dtype=torch.bool, device=device)
-        logits = model.decode_step(tokens, positions, cache).float()
+        logits = decoder(tokens, positions, cache).float()
         positions += 1
         cache.column += 1
     flush(rows, seg_start, steps)

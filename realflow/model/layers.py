@@ -13,7 +13,8 @@ contract of docs/model.md):
 q/k/v and gate/up are fused along the output dimension in that order; the layout
 is owned by realflow.model.sharding.
 
-Activations are packed: (total_tokens, hidden) everywhere; no padding.
+Activations are packed: (total_tokens, hidden) everywhere; no padding. The decode
+step of generation runs the same math through decoder.py.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from realflow.model.attention import PackedSeqs, decode_attention, packed_causal_attention
+from realflow.model.attention import PackedSeqs, packed_causal_attention
 from realflow.model.config import ReaLModelConfig
 from realflow.model.kv_cache import KVCache
 from realflow.model.rotary import apply_rotary
@@ -40,7 +41,7 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 @dataclass
 class LayerContext:
     """What every block of one packed forward call shares (training, inference,
-    generation prefill). Decode steps take their arguments directly (`Block.decode`)."""
+    generation prefill). Decode steps run through decoder.py instead."""
 
     seqs: PackedSeqs
     cos: torch.Tensor | None  # (T, 1, head_dim) rotary, None for absolute positions
@@ -96,6 +97,19 @@ def linear_residual(residual: torch.Tensor, x: torch.Tensor, linear: nn.Linear) 
     return out if linear.bias is None else out + linear.bias
 
 
+def split_qkv_rotary(
+    qkv: torch.Tensor, n_q: int, n_kv: int, head_dim: int, cos: torch.Tensor | None, sin: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused projection (T, (n_q + 2 n_kv) * head_dim) -> rotated q (T, n_q, head_dim),
+    k, v (T, n_kv, head_dim): views, no copies beyond the rotation. Shared by the
+    packed forward and the decode step (decoder.py)."""
+    qk, v = qkv.view(qkv.shape[0], n_q + 2 * n_kv, head_dim).split((n_q + n_kv, n_kv), dim=1)  # one cat in backward
+    if cos is not None:
+        qk = apply_rotary(qk, cos, sin)  # q and k heads in one go
+    q, k = qk.split((n_q, n_kv), dim=1)
+    return q, k, v
+
+
 class Attention(nn.Module):
     """Pre-norm self-attention with fused qkv: x -> x + o(attn(ln(x)))."""
 
@@ -108,33 +122,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.hidden_dim, sum(config.qkv_sections), bias=config.qkv_bias)
         self.o = nn.Linear(config.q_dim, config.hidden_dim, bias=config.o_bias)
 
-    def _qkv(
-        self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normed, projected and rotated q (T, n_q, head_dim), k, v (T, n_kv, head_dim): views, no copies."""
-        t = x.shape[0]
-        qkv = F.linear(self.ln(x), self.qkv.weight, self.qkv.bias).view(t, self.n_q + 2 * self.n_kv, self.head_dim)
-        qk, v = qkv.split((self.n_q + self.n_kv, self.n_kv), dim=1)  # split, not slices: one cat in backward
-        if cos is not None:
-            qk = apply_rotary(qk, cos, sin)  # q and k heads in one go
-        q, k = qk.split((self.n_q, self.n_kv), dim=1)
-        return q, k, v
-
     def forward(self, x: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
         """Packed: x (T, hidden) of the sequences in ctx.seqs."""
-        q, k, v = self._qkv(x, ctx.cos, ctx.sin)
+        qkv = F.linear(self.ln(x), self.qkv.weight, self.qkv.bias)
+        q, k, v = split_qkv_rotary(qkv, self.n_q, self.n_kv, self.head_dim, ctx.cos, ctx.sin)
         if ctx.cache is not None:
             ctx.cache.store_prefill(self.layer_idx, k, v)
         out = packed_causal_attention(q, k, v, ctx.seqs, self.scale)  # (T, n_q, head_dim)
-        return linear_residual(x, out.view(x.shape[0], self.n_q * self.head_dim), self.o)
-
-    def decode(
-        self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache
-    ) -> torch.Tensor:
-        """One token per sequence: x (B, hidden), cos/sin (B, 1, head_dim) or None."""
-        q, k, v = self._qkv(x, cos, sin)
-        k_all, v_all, bias = cache.append(self.layer_idx, k, v)
-        out = decode_attention(q, k_all, v_all, bias, self.scale)  # (B, n_q, head_dim)
         return linear_residual(x, out.view(x.shape[0], self.n_q * self.head_dim), self.o)
 
 
@@ -173,13 +167,6 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
         return self.mlp(self.attn(x, ctx))
-
-    def decode(
-        self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache
-    ) -> torch.Tensor:
-        """A generation step (see Attention.decode). Plain method calls: the decode loop
-        runs many small ops, where nn.Module.__call__ costs as much as an op."""
-        return self.mlp.forward(self.attn.decode(x, cos, sin, cache))
 
 
 class Head(nn.Module):

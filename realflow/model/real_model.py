@@ -11,8 +11,8 @@ int32; attention is causal within each sequence and never across. There is no
 padding anywhere. All parameters are views into `flat_params` (see flat_buffer.py);
 gradients can be made views into `flat_grads`.
 
-Not here: HF conversion (families/, hf_io.py), sampling (generate.py), tensor or
-pipeline parallel execution (realflow.parallel).
+Not here: HF conversion (families/, hf_io.py), generation (generate.py, decoder.py),
+tensor or pipeline parallel execution (realflow.parallel).
 """
 from __future__ import annotations
 
@@ -197,22 +197,6 @@ class ReaLModel(nn.Module):
         elif position_ids.shape != (x.shape[0],):
             raise DataError(f"position_ids must have shape ({x.shape[0]},), got {tuple(position_ids.shape)}")
         return self._run(x, position_ids, seqs, cache, head_rows)
-
-    def decode_step(self, token_ids: torch.Tensor, position_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """One generation step: token_ids (B,) at position_ids (B,) -> logits (B, vocab).
-
-        The hot loop of generation: layers are called through plain methods, rotary
-        comes from the cache's table, and nothing packed-specific is computed.
-        """
-        cos = sin = None
-        if cache.rotary is not None:
-            cos, sin = cache.rotary_at(position_ids)
-        modules = self._modules
-        h = modules["0"].forward(token_ids, position_ids)
-        for index in range(1, self.config.head_index):
-            h = modules[str(index)].decode(h, cos, sin, cache)
-        tied = modules["0"].wte.weight if self.config.tied_embedding else None
-        return modules[str(self.config.head_index)].forward(h, tied)
 
     def _run(
         self,
