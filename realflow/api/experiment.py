@@ -103,19 +103,32 @@ class RunConfig:
     save_freq_steps: int = 0
     save_freq_epochs: int = 0
     save_freq_secs: float = 0.0
+    # Evaluation every so many steps, epochs or seconds (0: off): the `evaluate` of
+    # every train MFC whose inputs are data-set keys (SFT, reward modelling), over
+    # the whole held-out set. `eval_path`: a file in the training data set's format;
+    # None: the bundled arithmetic task's test split (when the data set has no path).
+    eval_freq_steps: int = 0
+    eval_freq_epochs: int = 0
+    eval_freq_secs: float = 0.0
+    eval_path: str | None = None
     log_jsonl: bool = True  # <fileroot>/<experiment>/<trial>/stats.jsonl
     tensorboard: bool = True  # scalars under <fileroot>/<experiment>/<trial>/tensorboard
 
     def __post_init__(self) -> None:
         if self.n_steps < 1:
             raise ConfigError(f"run.n_steps must be >= 1, got {self.n_steps}")
-        for name in ("save_freq_steps", "save_freq_epochs"):
+        for name in ("save_freq_steps", "save_freq_epochs", "eval_freq_steps", "eval_freq_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"run.{name} must be an int >= 0 (0: off), got {value!r}")
-        secs = self.save_freq_secs
-        if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not 0 <= secs < float("inf"):
-            raise ConfigError(f"run.save_freq_secs must be a finite number >= 0 (0: off), got {secs!r}")
+        for name in ("save_freq_secs", "eval_freq_secs"):
+            secs = getattr(self, name)
+            if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not 0 <= secs < float("inf"):
+                raise ConfigError(f"run.{name} must be a finite number >= 0 (0: off), got {secs!r}")
+
+    @property
+    def evaluates(self) -> bool:
+        return bool(self.eval_freq_steps or self.eval_freq_epochs or self.eval_freq_secs)
 
 
 @dataclass

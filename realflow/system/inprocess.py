@@ -13,6 +13,7 @@ below (`RoleSet`, `DataCursor`, `Scheduler`) across processes.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -47,8 +48,9 @@ def load_run_tokenizer(run: RunConfig) -> Any:
     return transformers.AutoTokenizer.from_pretrained(path)
 
 
-def build_dataset(spec: DatasetSpec, tokenizer: Any, run: RunConfig, work_dir: Path) -> Any:
-    """The data set of `spec`; with no path, the bundled arithmetic task is written first."""
+def build_dataset(spec: DatasetSpec, tokenizer: Any, run: RunConfig, work_dir: Path, split: str = "train") -> Any:
+    """The data set of `spec`; with no path, the bundled arithmetic task is written
+    first and its `split` ("train", or "test" for evaluation) is read."""
     source = spec.path
     if source is None:
         if spec.name not in FILE_FOR_DATASET:
@@ -59,7 +61,7 @@ def build_dataset(spec: DatasetSpec, tokenizer: Any, run: RunConfig, work_dir: P
         paths = write_arithmetic_task(
             work_dir / "data", n_train=spec.arithmetic_n_train, seed=run.seed, difficulty=spec.arithmetic_difficulty
         )
-        source = paths[f"{FILE_FOR_DATASET[spec.name]}_train"]
+        source = paths[f"{FILE_FOR_DATASET[spec.name]}_{split}"]
     util = DatasetUtility(tokenizer=tokenizer, seed=run.seed, dp_rank=0, world_size=1)
     return make_dataset(spec.name, util, source=source, **spec.args)
 
@@ -179,6 +181,47 @@ def build_interfaces(mfcs: Iterable[MFCDef]) -> dict[str, ModelInterface]:
     return out
 
 
+def build_eval_dataset(spec: DatasetSpec, tokenizer: Any, run: RunConfig, work_dir: Path) -> Any:
+    """The held-out set: `run.eval_path` in the training data set's format, or the
+    bundled task's test split when the training data set has no path."""
+    if run.eval_path is None and spec.path is not None:
+        raise ConfigError(f"run.eval_freq_* is set but run.eval_path is not: give a held-out file in the format of "
+                          f"data set '{spec.name}' (the training data is {spec.path})")
+    return build_dataset(dataclasses.replace(spec, path=run.eval_path), tokenizer, run, work_dir, split="test")
+
+
+def eval_mfcs(mfcs: Iterable[MFCDef], dataset_keys: Collection[str]) -> list[MFCDef]:
+    """The train MFCs evaluation runs: those whose inputs are all data-set keys."""
+    return [m for m in mfcs if m.kind is MFCKind.TRAIN_STEP and set(m.input_keys) <= set(dataset_keys)]
+
+
+EVAL_SUFFIX = ":eval"  # an evaluation's record is named after its train MFC plus this
+
+
+def evaluate_mfc(step: int, mfc: MFCDef, interface: ModelInterface, model: Model, dataset: Any) -> MFCRecord:
+    """`interface.evaluate` over the whole held-out `dataset` in batches of the MFC's
+    `n_seqs`, as the record `<mfc>:eval` of `step`. Each statistic is the mean over
+    the batches weighted by their loss tokens (`n_tokens`, when the interface reports
+    it) or samples; `summed_stats` are summed."""
+    totals: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    tokens = 0
+    t0 = time.perf_counter()
+    for start in range(0, len(dataset), mfc.n_seqs):
+        batch = SequenceSample.gather([dataset[i] for i in range(start, min(start + mfc.n_seqs, len(dataset)))])
+        inputs = batch.select(mfc.input_keys)
+        tokens += n_tokens(inputs)
+        inputs.remap_keys_({g: i for g, i in mfc.input_rename.items() if g != i})
+        stats = interface.evaluate(model, inputs, mfc.mb_spec)
+        w = float(stats.get("n_tokens", batch.bs))
+        for k, v in stats.items():
+            summed = k in interface.summed_stats
+            totals[k] = totals.get(k, 0.0) + float(v) * (1.0 if summed else w)
+            weights[k] = weights.get(k, 0.0) + (0.0 if summed else w)
+    stats = {k: v / weights[k] if weights[k] else v for k, v in totals.items()}
+    return MFCRecord(step, mfc.name + EVAL_SUFFIX, time.perf_counter() - t0, len(dataset), tokens, stats)
+
+
 def end_train_step(mfc: MFCDef, model: Model) -> None:
     """After an MFC call: a train step advances its engine (LR schedule, parameter version)."""
     if mfc.kind is MFCKind.TRAIN_STEP:
@@ -214,11 +257,17 @@ class InProcessRunner:
         self.cursor = DataCursor(self.dataset, batch_size=spec.mfcs[0].n_seqs, seed=run.seed)
         self.scheduler = Scheduler(self.graph, n_steps=run.n_steps)
         self.records: list[MFCRecord] = []
+        self.eval_mfcs = eval_mfcs(spec.mfcs, self.dataset[0].keys) if run.evaluates else []
+        self.eval_dataset = build_eval_dataset(spec.dataset, self.tokenizer, run, self.run_dir) \
+            if self.eval_mfcs else None
+        if run.evaluates and not self.eval_mfcs:
+            logger.warning("run.eval_freq_* is set, but no train MFC reads only data-set keys: nothing to evaluate")
 
     def run_all(self, on_step: Callable[[int, list[MFCRecord]], None] | None = None) -> RunResult:
         batches: dict[int, SequenceSample] = {}
         step_records: dict[int, list[MFCRecord]] = {}
         trigger = SaveTrigger.for_run(self.run, self.cursor.batches_per_epoch)
+        self._eval_trigger = SaveTrigger.for_eval(self.run, self.cursor.batches_per_epoch)
         with StepLogger.for_run(self.run, self.run_dir, logger) as step_log:
             while self.scheduler.is_active():
                 ready = self.scheduler.get_ready()
@@ -251,6 +300,12 @@ class InProcessRunner:
                      on_step: Callable | None) -> None:
         self.records.extend(records)
         step_log.log_step(step, self.cursor.epoch, records)
+        if self.eval_mfcs and self._eval_trigger.should_save(step + 1):
+            evals = [evaluate_mfc(step, m, self.interfaces[m.name], self.roles.models[m.role], self.eval_dataset)
+                     for m in self.eval_mfcs]
+            self.records.extend(evals)
+            step_log.log_step(step, self.cursor.epoch, evals)
+            self._eval_trigger.saved()
         if trigger.should_save(step + 1):
             self.save(self.run_dir / "checkpoints" / f"step{step + 1}")
             trigger.saved()

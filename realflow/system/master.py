@@ -52,13 +52,13 @@ from realflow.api.experiment import ExperimentSpec, RunConfig
 from realflow.api.interface import INTERFACES
 from realflow.api.scheduler import Scheduler, TaskState
 from realflow.system.data_cursor import DataCursor
-from realflow.system.inprocess import n_tokens
+from realflow.system.inprocess import EVAL_SUFFIX, eval_mfcs, n_tokens
 from realflow.system.step_log import MFCRecord, SaveTrigger, StepLogger
 from realflow.system.messages import Request, RequestKind
 from realflow.system.request_client import RequestClient
 from realflow.system.transfer_plan import DataKey, Need, TransferPlan, sizes_from_meta, transfer_plan
 from realflow.system.protocol import (
-    DataInfo, FetchData, MFCResult, RunMFC, SaveRoles, TransferData, WorkerSetup, worker_name,
+    DataInfo, EvaluateMFCs, FetchData, MFCResult, RunMFC, SaveRoles, TransferData, WorkerSetup, worker_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -220,6 +220,9 @@ class Master:
         self.train_mfcs = train_mfc_by_role(self.graph)
         self.cursor = DataCursor(range(data.n_samples), batch_size=self.spec.mfcs[0].n_seqs, seed=self.run.seed)
         self.scheduler = Scheduler(self.graph, n_steps=self.run.n_steps)
+        self.eval_mfcs = eval_mfcs(self.spec.mfcs, data.keys) if self.run.evaluates else []
+        if self.run.evaluates and not self.eval_mfcs:
+            logger.warning("run.eval_freq_* is set, but no train MFC reads only data-set keys: nothing to evaluate")
         if self.resume_from is not None:
             self._load_state(self.resume_from / MASTER_STATE)
 
@@ -229,6 +232,7 @@ class Master:
         """Step until `run.n_steps` are done, or stop (with a resumable checkpoint
         `checkpoints/step<k>`) once `stop_after_steps` steps are complete."""
         trigger = SaveTrigger.for_run(self.run, self.cursor.batches_per_epoch)
+        self._eval_trigger = SaveTrigger.for_eval(self.run, self.cursor.batches_per_epoch)
         with StepLogger.for_run(self.run, self.run_dir, logger) as log:
             done_steps: set[int] = set()  # done in the scheduler; finished once no request of theirs is out
             while self.scheduler.is_active() or self._inflight:
@@ -424,11 +428,27 @@ class Master:
             self._to_free.setdefault(w, []).extend(st.meta.ids)
         self.records.extend(st.records)
         log.log_step(step, self.cursor.epoch, st.records)
+        if self.eval_mfcs and self._eval_trigger.should_save(step + 1):
+            evals = self._evaluate(step)
+            self.records.extend(evals)
+            log.log_step(step, self.cursor.epoch, evals)
+            self._eval_trigger.saved()
         if trigger.should_save(step + 1):
             self.save(self.run_dir / "checkpoints" / f"step{step + 1}")
             trigger.saved()
         if on_step is not None:
             on_step(step, st.records)
+
+    def _evaluate(self, step: int) -> list[MFCRecord]:
+        """EVALUATE on the first worker of each evaluated role (replicas are identical)."""
+        by_worker: dict[str, list[str]] = {}
+        for m in self.eval_mfcs:
+            by_worker.setdefault(worker_name(self.allocation[m.role][0]), []).append(m.name)
+        replies = self.client.call_all(RequestKind.EVALUATE,
+                                       {w: EvaluateMFCs(step, tuple(names)) for w, names in by_worker.items()},
+                                       timeout=self.timeouts.save_s)
+        got = {r.mfc: r for records in replies.values() for r in records}
+        return [got[m.name + EVAL_SUFFIX] for m in self.eval_mfcs]
 
     # ------------------------------------------------------------ checkpoints
 

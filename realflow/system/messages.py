@@ -32,6 +32,7 @@ class RequestKind(enum.Enum):
     TRANSFER = "transfer"  # take part in a data-transfer plan as a source (the consumer gets it in RUN_MFC)
     FREE_DATA = "free_data"  # drop the stored tensors of finished samples
     SAVE = "save"  # write checkpoints
+    EVALUATE = "evaluate"  # run the evaluate of some train MFCs over the held-out set
     HEARTBEAT = "heartbeat"  # answered by the server's heartbeat thread, never by a handler
     EXIT = "exit"  # reply, then leave the serve loop
 

@@ -78,6 +78,15 @@ class MFCResult:
 
 
 @dataclass(frozen=True)
+class EvaluateMFCs:
+    """EVALUATE: the `evaluate` of these train MFCs over the whole held-out set,
+    after `step`; the reply is one `MFCRecord` (`<mfc>:eval`) per MFC."""
+
+    step: int
+    mfcs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SaveRoles:
     root: str
     roles: dict[str, str]  # role -> the MFC whose interface saves it (HF checkpoints under root/role)

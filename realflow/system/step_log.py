@@ -147,6 +147,11 @@ class SaveTrigger:
     def for_run(cls, run: RunConfig, steps_per_epoch: int, clock: Callable[[], float] = time.monotonic) -> SaveTrigger:
         return cls(run.save_freq_steps, run.save_freq_epochs, run.save_freq_secs, steps_per_epoch, clock)
 
+    @classmethod
+    def for_eval(cls, run: RunConfig, steps_per_epoch: int, clock: Callable[[], float] = time.monotonic) -> SaveTrigger:
+        """The same rule with the run's evaluation frequencies (`run.eval_freq_*`)."""
+        return cls(run.eval_freq_steps, run.eval_freq_epochs, run.eval_freq_secs, steps_per_epoch, clock)
+
     def should_save(self, steps_done: int) -> bool:
         """After the `steps_done`-th step (1-based), is a checkpoint due?"""
         if self.every_steps and steps_done % self.every_steps == 0:

@@ -20,6 +20,8 @@ Payloads are the dataclasses of realflow.system.protocol.
 - RUN_MFC (`RunMFC`): receive the plan's data first, then run `call_mfc` on the
   MFC's inputs gathered from the store, keep the outputs, reply `MFCResult`
   (output metadata, statistics, seconds).
+- EVALUATE (`EvaluateMFCs`): the held-out set (built on first use), each named
+  train MFC's `evaluate` over it; replies one `MFCRecord` per MFC.
 - FREE_DATA (ids), SAVE (`SaveRoles`), EXIT. FETCH_DATA and RUN_MFC also carry
   `free`: ids of finished steps, dropped from the store before anything else.
 
@@ -46,13 +48,15 @@ from realflow.api.interface import ModelInterface
 from realflow.system import names
 from realflow.system.auth import load_secret
 from realflow.system.inprocess import (
-    RoleSet, build_dataset, build_interfaces, call_mfc, end_train_step, load_run_tokenizer, save_role,
+    RoleSet, build_dataset, build_eval_dataset, build_interfaces, call_mfc, end_train_step, evaluate_mfc,
+    load_run_tokenizer, save_role,
 )
 from realflow.system.messages import Request, RequestKind
 from realflow.system.name_resolve import FileNameResolver
 from realflow.system.protocol import (
-    DataInfo, FetchData, MFCResult, RunMFC, SaveRoles, TransferData, WorkerSetup, worker_name,
+    DataInfo, EvaluateMFCs, FetchData, MFCResult, RunMFC, SaveRoles, TransferData, WorkerSetup, worker_name,
 )
+from realflow.system.step_log import MFCRecord
 from realflow.system.request_server import RequestServer
 from realflow.system.sample_store import SampleStore
 from realflow.system.transfer import GroupCache, run_transfer_plan
@@ -75,6 +79,7 @@ class ModelWorker:
         self.mfcs: dict[str, MFCDef] = {}
         self.interfaces: dict[str, ModelInterface] = {}
         self.dataset: Any = None
+        self.eval_dataset: Any = None
         self.tokenizer: Any = None
 
     def handlers(self) -> dict[RequestKind, Any]:
@@ -85,6 +90,7 @@ class ModelWorker:
             RequestKind.RUN_MFC: self.run_mfc,
             RequestKind.FREE_DATA: self.free_data,
             RequestKind.SAVE: self.save,
+            RequestKind.EVALUATE: self.evaluate,
         }
 
     def configure(self, request: Request) -> DataInfo | None:
@@ -153,6 +159,16 @@ class ModelWorker:
             return MFCResult(None, stats, seconds, summed)
         self.store.put(out)
         return MFCResult(out.meta(), stats, seconds, summed)
+
+    def evaluate(self, request: Request) -> list[MFCRecord]:
+        p: EvaluateMFCs = request.payload
+        s = self.setup
+        assert s is not None and self.roles is not None
+        if self.eval_dataset is None:  # built on first use: only workers hosting an evaluated role need it
+            run_dir = Path(s.run.fileroot) / s.run.experiment_name / s.run.trial_name
+            self.eval_dataset = build_eval_dataset(s.spec.dataset, self.tokenizer, s.run, run_dir)
+        return [evaluate_mfc(p.step, self.mfcs[name], self.interfaces[name], self.roles.models[self.mfcs[name].role],
+                             self.eval_dataset) for name in p.mfcs]
 
     def free_data(self, request: Request) -> int:
         return self.store.free(request.payload)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 from dataclasses import asdict, dataclass
@@ -261,10 +262,16 @@ def math_code_records(problems: list[Problem], prefix: str) -> list[dict[str, An
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> str:
-    with path.open("w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+    _write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
     return str(path)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename: processes writing the same task at
+    once (workers of one run) never let a reader see a partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def write_arithmetic_task(
@@ -303,7 +310,7 @@ def write_arithmetic_task(
         "pairs_per_prompt": pairs_per_prompt,
         "files": {k: Path(v).name for k, v in paths.items()},
     }
-    (out / "task.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _write_atomic(out / "task.json", json.dumps(manifest, indent=2) + "\n")
     return paths
 
 

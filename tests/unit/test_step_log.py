@@ -115,6 +115,10 @@ def test_save_trigger_from_run_config() -> None:
     run = RunConfig(save_freq_steps=5, save_freq_epochs=2, save_freq_secs=60)
     trigger = SaveTrigger.for_run(run, steps_per_epoch=7)
     assert (trigger.every_steps, trigger.every_epochs, trigger.every_secs, trigger.steps_per_epoch) == (5, 2, 60, 7)
+    run = RunConfig(eval_freq_steps=3, eval_freq_secs=1.5)
+    trigger = SaveTrigger.for_eval(run, steps_per_epoch=4)
+    assert (trigger.every_steps, trigger.every_epochs, trigger.every_secs) == (3, 0, 1.5) and run.evaluates
+    assert not RunConfig().evaluates
 
 
 @pytest.mark.parametrize("field,value,words", [
@@ -123,6 +127,8 @@ def test_save_trigger_from_run_config() -> None:
     ("save_freq_epochs", 1.5, "run.save_freq_epochs must be an int >= 0 (0: off), got 1.5"),
     ("save_freq_secs", -0.5, "run.save_freq_secs must be a finite number >= 0 (0: off), got -0.5"),
     ("save_freq_secs", float("inf"), "run.save_freq_secs must be a finite number >= 0 (0: off), got inf"),
+    ("eval_freq_epochs", -1, "run.eval_freq_epochs must be an int >= 0 (0: off), got -1"),
+    ("eval_freq_secs", -1.0, "run.eval_freq_secs must be a finite number >= 0 (0: off), got -1.0"),
 ])
 def test_bad_save_frequency_names_the_field(field, value, words) -> None:
     with pytest.raises(ConfigError) as err:
