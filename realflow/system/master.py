@@ -52,7 +52,7 @@ from realflow.api.experiment import ExperimentSpec, RunConfig
 from realflow.api.interface import INTERFACES
 from realflow.api.scheduler import Scheduler, TaskState
 from realflow.system.data_cursor import DataCursor
-from realflow.system.inprocess import EVAL_SUFFIX, eval_mfcs, n_tokens
+from realflow.system.execution import EVAL_SUFFIX, eval_mfcs, n_tokens
 from realflow.system.step_log import MFCRecord, SaveTrigger, StepLogger
 from realflow.system.messages import Request, RequestKind
 from realflow.system.request_client import RequestClient

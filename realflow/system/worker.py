@@ -47,7 +47,7 @@ from realflow.api.errors import ConfigError
 from realflow.api.interface import ModelInterface
 from realflow.system import names
 from realflow.system.auth import load_secret
-from realflow.system.inprocess import (
+from realflow.system.execution import (
     RoleSet, build_dataset, build_eval_dataset, build_interfaces, call_mfc, end_train_step, evaluate_mfc,
     load_run_tokenizer, save_role,
 )

@@ -12,7 +12,8 @@ import transformers
 
 from realflow.api.errors import ConfigError
 from realflow.apps.experiments import load_experiment
-from realflow.system.inprocess import build_eval_dataset, load_run_tokenizer, run_inprocess
+from realflow.system.execution import build_eval_dataset, load_run_tokenizer
+from realflow.system.inprocess import run_inprocess
 from realflow.system.launcher import LaunchConfig, run_local
 from realflow.system.request_client import HeartbeatPolicy
 

@@ -10,7 +10,7 @@ import torch
 from realflow.api.errors import InterfaceError
 from realflow.api.interface import ModelInterface, make_interface
 from realflow.apps.experiments import load_experiment
-from realflow.system.inprocess import build_interfaces
+from realflow.system.execution import build_interfaces
 
 TINY = ["arch.n_layers=2", "arch.hidden_dim=32", "arch.n_q_heads=4", "arch.n_kv_heads=2", "arch.intermediate_dim=64"]
 PPO = ["n_seqs=8", *("actor." + t for t in TINY), "shaping.adaptive_kl_target=0.01", "critic_args.value_norm=true"]
