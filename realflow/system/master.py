@@ -349,7 +349,8 @@ class Master:
                     self.scheduler.start(step, name)
                 req = self.client.send(worker_name(w), RequestKind.RUN_MFC,
                                        RunMFC(step, name, tuple(st.meta.ids), None, free=self._take_free(w)),
-                                       timeout=self.timeouts.mfc_s)
+                                       # its deadline also covers the MFCs ahead of it in the worker's queue
+                                       timeout=self.timeouts.mfc_s * (1 + len(sent[w])))
                 self._inflight[req.id] = (req, step, name, frozenset({w}))
                 self._load[w] += 1
                 sent[w].append(name)

@@ -51,6 +51,7 @@ class FakeClient:
         self.last_first = last_first  # answer the newest request first (a RUN_MFC before its TRANSFER)
         self.sent: list[Request] = []
         self.depth: list[int] = []
+        self.timeouts: list[float] = []
         self.inflight: dict[str, Request] = {}
         self._next_id = 0
 
@@ -63,6 +64,7 @@ class FakeClient:
         req = Request.new(kind, worker, timeout, payload)
         self.sent.append(req)
         self.depth.append(len(busy) + 1)  # requests in flight at that worker once this one is sent
+        self.timeouts.append(timeout)
         self.inflight[req.id] = req
         return req
 
@@ -244,4 +246,7 @@ def test_the_queue_at_a_worker_is_bounded_and_follows_the_graph(tmp_path: Path) 
     records = master.run_all()
     runs = [r.payload.mfc for r in client.sent if r.kind is RequestKind.RUN_MFC]
     assert runs == ["a", "b", "c"] and client.depth[1:5] == [1, 1, 2, 3]  # FETCH, then a chain of three queued
+    # A queued request's deadline covers the MFCs ahead of it.
+    timeouts = [t for r, t in zip(client.sent, client.timeouts) if r.kind is RequestKind.RUN_MFC]
+    assert timeouts == [600.0, 1200.0, 1800.0]
     assert [r.mfc for r in records] == ["a", "b", "c"]
