@@ -139,11 +139,10 @@ class RewardShapingArgs:
         # The KL the controller steers: per sequence, the summed k1 estimate over its response.
         kl_tok = kl_estimate(logp, ref, "k1") * mask
         seq_kl = torch.zeros_like(score).index_add(0, segment_ids(acu), kl_tok)
-        if reduce is None:
-            ref_kl, n_seqs = float(seq_kl.mean()), score.numel()
-        else:
-            total = reduce(torch.stack([seq_kl.sum().double(), torch.tensor(float(score.numel()), dtype=torch.float64)]))
-            ref_kl, n_seqs = float(total[0] / total[1]), int(total[1])
+        total = torch.stack([seq_kl.sum().double(), torch.tensor(float(score.numel()), dtype=torch.float64)])
+        if reduce is not None:
+            total = reduce(total)  # the whole batch's KL over its sequences
+        ref_kl, n_seqs = float(total[0] / total[1]), int(total[1])
         stats = {
             "task_reward": float(raw.mean()),
             "ref_kl": ref_kl,

@@ -11,6 +11,7 @@ never look inside the algorithm.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, TypeVar
 
@@ -125,6 +126,11 @@ class RunConfig:
             secs = getattr(self, name)
             if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not 0 <= secs < float("inf"):
                 raise ConfigError(f"run.{name} must be a finite number >= 0 (0: off), got {secs!r}")
+
+    @property
+    def run_dir(self) -> Path:
+        """<fileroot>/<experiment_name>/<trial_name>: logs, checkpoints, generated data."""
+        return Path(self.fileroot) / self.experiment_name / self.trial_name
 
     @property
     def evaluates(self) -> bool:

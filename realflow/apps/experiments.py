@@ -63,7 +63,7 @@ def run_experiment(
     model-worker processes (realflow.system.launcher; roles round-robin over them).
     """
     cfg, spec = load_experiment(name, overrides)
-    run_dir = Path(cfg.run.fileroot) / cfg.run.experiment_name / cfg.run.trial_name
+    run_dir = cfg.run.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(f"# realflow run {name}\n" + to_yaml(cfg))
     logging.getLogger(__name__).info("experiment %s: config in %s", name, run_dir / "config.yaml")

@@ -98,6 +98,17 @@ class InferenceEngine:
         dist.all_reduce(out, group=self.dp_group)
         return out
 
+    def dp_any(self, flag: bool) -> bool:
+        """True if `flag` is true on any data-parallel replica (just `flag` alone).
+
+        For decisions that change how many collective steps follow (early stop,
+        skipping a mini-batch): every replica must take the same branch.
+        """
+        return bool(flag) if self.dp_group is None else self._dp_sum(float(bool(flag))) > 0
+
+    def _dp_sum(self, x: float) -> float:
+        return x if self.dp_group is None else float(self.dp_sum(torch.tensor([x], dtype=torch.float64)))
+
     def save_hf(self, save_dir: str) -> None:
         """Write the model as a Hugging Face checkpoint directory."""
         save_hf_checkpoint(self.module, save_dir)
@@ -195,16 +206,6 @@ class TrainEngine(InferenceEngine):
         stats.update(loss=loss_sum, grad_norm=grad_norm, lr=self.optimizer.param_groups[0]["lr"])
         return stats
 
-    def dp_any(self, flag: bool) -> bool:
-        """True if `flag` is true on any data-parallel replica (just `flag` alone).
-
-        For decisions that change how many collective steps follow (early stop,
-        skipping a mini-batch): every replica must take the same branch.
-        """
-        return bool(flag) if self.dp_group is None else self._dp_sum(float(bool(flag))) > 0
-
-    def _dp_sum(self, x: float) -> float:
-        return x if self.dp_group is None else float(self.dp_sum(torch.tensor([x], dtype=torch.float64)))
 
     def _all_reduce_grads(self) -> None:
         """Sum the gradients over the data-parallel group: one call on the flat buffer."""

@@ -31,20 +31,16 @@ from realflow.system.execution import (
     RoleSet, build_dataset, build_eval_dataset, build_interfaces, call_mfc, end_train_step, eval_mfcs, evaluate_mfc,
     load_run_tokenizer, n_tokens, save_role,
 )
-from realflow.system.step_log import MFCRecord, SaveTrigger, StepLogger
+from realflow.system.step_log import MFCRecord, RunRecords, StepEnd
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class RunResult:
-    records: list[MFCRecord]
-    models: dict[str, Model]
-    run_dir: Path
+class RunResult(RunRecords):
+    """The records and files of an in-process run, and its models."""
 
-    def stats(self, mfc: str, key: str) -> list[float]:
-        """The statistic `key` of `mfc`, step after step."""
-        return [r.stats[key] for r in self.records if r.mfc == mfc and key in r.stats]
+    models: dict[str, Model]
 
 
 class InProcessRunner:
@@ -53,7 +49,7 @@ class InProcessRunner:
     def __init__(self, spec: ExperimentSpec, run: RunConfig) -> None:
         self.spec = spec
         self.run = run
-        self.run_dir = Path(run.fileroot) / run.experiment_name / run.trial_name
+        self.run_dir = run.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(run.seed)
         self.tokenizer = load_run_tokenizer(run)
@@ -79,9 +75,9 @@ class InProcessRunner:
     def run_all(self, on_step: Callable[[int, list[MFCRecord]], None] | None = None) -> RunResult:
         batches: dict[int, SequenceSample] = {}
         step_records: dict[int, list[MFCRecord]] = {}
-        trigger = SaveTrigger.for_run(self.run, self.cursor.batches_per_epoch)
-        self._eval_trigger = SaveTrigger.for_eval(self.run, self.cursor.batches_per_epoch)
-        with StepLogger.for_run(self.run, self.run_dir, logger) as step_log:
+        end = StepEnd(self.run, self.run_dir, logger, self.cursor.batches_per_epoch, self.records, self.save,
+                      self._evaluate if self.eval_mfcs else None, on_step)
+        with end:
             while self.scheduler.is_active():
                 ready = self.scheduler.get_ready()
                 if not ready:
@@ -94,9 +90,9 @@ class InProcessRunner:
                 step_records.setdefault(step, []).append(record)
                 if self.scheduler.done(step, name):
                     del batches[step]
-                    self._finish_step(step, step_records.pop(step), step_log, trigger, on_step)
+                    end(step, self.cursor.epoch, step_records.pop(step))
         self.save(self.run_dir / "checkpoints" / "final")
-        return RunResult(self.records, self.roles.models, self.run_dir)
+        return RunResult(self.records, self.run_dir, self.roles.models)
 
     def _run_task(self, step: int, name: str, batch: SequenceSample) -> MFCRecord:
         mfc = mfc_of(self.graph, name)
@@ -109,21 +105,9 @@ class InProcessRunner:
         end_train_step(mfc, model)
         return MFCRecord(step, name, seconds, batch.bs, n_tokens(batch.select(mfc.input_keys)), stats)
 
-    def _finish_step(self, step: int, records: list[MFCRecord], step_log: StepLogger, trigger: SaveTrigger,
-                     on_step: Callable | None) -> None:
-        self.records.extend(records)
-        step_log.log_step(step, self.cursor.epoch, records)
-        if self.eval_mfcs and self._eval_trigger.should_save(step + 1):
-            evals = [evaluate_mfc(step, m, self.interfaces[m.name], self.roles.models[m.role], self.eval_dataset)
-                     for m in self.eval_mfcs]
-            self.records.extend(evals)
-            step_log.log_step(step, self.cursor.epoch, evals)
-            self._eval_trigger.saved()
-        if trigger.should_save(step + 1):
-            self.save(self.run_dir / "checkpoints" / f"step{step + 1}")
-            trigger.saved()
-        if on_step is not None:
-            on_step(step, records)
+    def _evaluate(self, step: int) -> list[MFCRecord]:
+        return [evaluate_mfc(step, m, self.interfaces[m.name], self.roles.models[m.role], self.eval_dataset)
+                for m in self.eval_mfcs]
 
     def save(self, root: Path) -> None:
         """HF checkpoints of every trained role (plus the tokenizer)."""

@@ -46,7 +46,7 @@ from realflow.api.errors import ConfigError, RealflowError
 from realflow.api.experiment import ExperimentSpec, RunConfig
 from realflow.system import names
 from realflow.system.auth import SECRET_FILE_ENV, load_secret, new_secret, write_secret_file
-from realflow.system.step_log import MFCRecord
+from realflow.system.step_log import MFCRecord, RunRecords
 from realflow.system.master import Master, MasterTimeouts
 from realflow.system.messages import RequestKind
 from realflow.system.name_resolve import FileNameResolver
@@ -78,13 +78,7 @@ class LaunchConfig:
     merge_worker_logs: bool = True  # copy the workers' log lines to this console (stderr), prefixed [w<i>]
 
 
-@dataclass
-class DistributedResult:
-    records: list[MFCRecord]
-    run_dir: Path
-
-    def stats(self, mfc: str, key: str) -> list[float]:
-        return [r.stats[key] for r in self.records if r.mfc == mfc and key in r.stats]
+DistributedResult = RunRecords  # what run_local returns: records and the run directory
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -223,7 +217,7 @@ def run_local(
     """Run `spec` as this master plus `launch.n_workers` worker processes; see the module docstring."""
     if launch.n_workers < 1:
         raise ConfigError(f"n_workers must be >= 1, got {launch.n_workers}")
-    run_dir = Path(run.fileroot) / run.experiment_name / run.trial_name
+    run_dir = run.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     secret_path = run_dir / "secret"
     secret_path.unlink(missing_ok=True)  # a fresh secret per run

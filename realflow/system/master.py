@@ -17,10 +17,12 @@ each (sample id, key). Tensors stay on the workers:
   TRANSFER request with the same plan at the same time. The shards' outputs stay
   where they were made; their statistics are merged as means weighted by the
   shards' sample counts (a train step's are already global, so they agree);
-- a worker has at most one request in flight, and an MFC is dispatched only when
-  its worker and every source of its plan are free. So transfers never wait on a
-  peer busy with something else (no deadlock), and MFCs on disjoint workers run
-  concurrently (`RequestClient.wait_any`);
+- an MFC is dispatched when its workers and every source of its plan are free.
+  So transfers never wait on a peer busy with something else (no deadlock), and
+  MFCs on disjoint workers run concurrently (`RequestClient.wait_any`). The one
+  exception needs no transfer: an MFC whose inputs are on its (single) worker or
+  will be made there by MFCs already sent may wait in that worker's queue
+  (`_queue_behind`, at most `QUEUE_DEPTH` requests a worker);
 - when a step is done its samples are freed on every worker holding them: the ids
   ride on the worker's next RUN_MFC or FETCH_DATA (`free`), which drops them before
   anything else, so freeing costs no round trip; FREE_DATA goes out only before a
@@ -53,7 +55,7 @@ from realflow.api.interface import INTERFACES
 from realflow.api.scheduler import Scheduler, TaskState
 from realflow.system.data_cursor import DataCursor
 from realflow.system.execution import EVAL_SUFFIX, eval_mfcs, n_tokens
-from realflow.system.step_log import MFCRecord, SaveTrigger, StepLogger
+from realflow.system.step_log import MFCRecord, StepEnd
 from realflow.system.messages import Request, RequestKind
 from realflow.system.request_client import RequestClient
 from realflow.system.transfer_plan import DataKey, Need, TransferPlan, sizes_from_meta, transfer_plan
@@ -183,7 +185,7 @@ class Master:
         self.dist_init = dist_init
         self.allocation = check_allocation(spec, allocation or default_allocation(spec, n_workers), n_workers)
         self.timeouts = timeouts
-        self.run_dir = Path(run.fileroot) / run.experiment_name / run.trial_name
+        self.run_dir = run.run_dir
         self.records: list[MFCRecord] = []
         self._steps: dict[int, _Step] = {}
         self._load: Counter[int] = Counter()  # requests in flight per worker
@@ -231,9 +233,9 @@ class Master:
     def run_all(self, on_step: OnStep = None, stop_after_steps: int | None = None) -> list[MFCRecord]:
         """Step until `run.n_steps` are done, or stop (with a resumable checkpoint
         `checkpoints/step<k>`) once `stop_after_steps` steps are complete."""
-        trigger = SaveTrigger.for_run(self.run, self.cursor.batches_per_epoch)
-        self._eval_trigger = SaveTrigger.for_eval(self.run, self.cursor.batches_per_epoch)
-        with StepLogger.for_run(self.run, self.run_dir, logger) as log:
+        end = StepEnd(self.run, self.run_dir, logger, self.cursor.batches_per_epoch, self.records, self.save,
+                      self._evaluate if self.eval_mfcs else None, on_step)
+        with end:
             done_steps: set[int] = set()  # done in the scheduler; finished once no request of theirs is out
             while self.scheduler.is_active() or self._inflight:
                 if stop_after_steps is not None and self.scheduler.completed_steps >= stop_after_steps \
@@ -256,7 +258,7 @@ class Master:
                 for step in sorted(done_steps):
                     if not any(s == step for _, s, _, _ in self._inflight.values()):
                         done_steps.discard(step)
-                        self._finish_step(step, log, trigger, on_step)
+                        self._finish_step(step, end)
         self.save(self.run_dir / "checkpoints" / "final")
         return self.records
 
@@ -336,13 +338,13 @@ class Master:
                 if len(workers) > 1 or w in mixed or not sent.get(w) or self._load[w] >= QUEUE_DEPTH:
                     continue
                 ahead = set(sent[w])
-                if any(t.step != step or t.mfc not in ahead for t in self.scheduler.unmet(step, name)):
+                unmet = self.scheduler.unmet(step, name)
+                if any(t.step != step or t.mfc not in ahead for t in unmet):
                     continue
                 coming = {k for p in ahead for k in mfc_of(self.graph, p).output_keys}
                 if not all(k in coming or w in st.holders.get((sid, k), ()) for k in mfc.input_keys
                            for sid in st.meta.ids):
                     continue
-                unmet = self.scheduler.unmet(step, name)
                 if unmet:
                     self._queued.add((step, name))
                 else:
@@ -420,25 +422,14 @@ class Master:
         st.records.append(MFCRecord(step, name, seconds, st.meta.bs, n_tokens(st.meta.select(mfc.input_keys)), stats))
         return self.scheduler.done(step, name)
 
-    def _finish_step(self, step: int, log: StepLogger, trigger: SaveTrigger, on_step: OnStep) -> None:
+    def _finish_step(self, step: int, end: StepEnd) -> None:
         st = self._steps.pop(step)
         # The step's samples are dropped by every worker holding them at the start of
         # its next RUN_MFC or FETCH_DATA (no round trip of its own); what is left at the
         # end, or before a checkpoint, goes out as FREE_DATA (`_flush_free`).
         for w in sorted({w for ws in st.holders.values() for w in ws}):
             self._to_free.setdefault(w, []).extend(st.meta.ids)
-        self.records.extend(st.records)
-        log.log_step(step, self.cursor.epoch, st.records)
-        if self.eval_mfcs and self._eval_trigger.should_save(step + 1):
-            evals = self._evaluate(step)
-            self.records.extend(evals)
-            log.log_step(step, self.cursor.epoch, evals)
-            self._eval_trigger.saved()
-        if trigger.should_save(step + 1):
-            self.save(self.run_dir / "checkpoints" / f"step{step + 1}")
-            trigger.saved()
-        if on_step is not None:
-            on_step(step, st.records)
+        end(step, self.cursor.epoch, st.records)
 
     def _evaluate(self, step: int) -> list[MFCRecord]:
         """EVALUATE on the first worker of each evaluated role (replicas are identical)."""

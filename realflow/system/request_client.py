@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import zmq
 
@@ -144,21 +144,8 @@ class RequestClient:
         remaining requests are abandoned (their late replies are dropped).
         """
         requests = list(requests)
-        try:
-            while True:
-                missing = [r for r in requests if r.id not in self._done]
-                if not missing:
-                    return [self._done.pop(r.id) for r in requests]
-                now = time.time()
-                late = [r for r in missing if r.deadline <= now]
-                if late:
-                    raise DeadlineError(self._describe_late(late, now))
-                wake = min(r.deadline for r in missing) - now
-                if self.heartbeat_policy is not None:
-                    wake = min(wake, self._heartbeat_tick())
-                self._pump(wake)
-        finally:
-            self._abandon(requests)
+        self._pump_until(requests, lambda: all(r.id in self._done for r in requests))
+        return [self._done.pop(r.id) for r in requests]
 
     def wait_any(self, requests: Sequence[Request]) -> list[Response]:
         """The responses among `requests` that have arrived: at least one, as soon as one is in.
@@ -169,16 +156,20 @@ class RequestClient:
         requests = list(requests)
         if not requests:
             raise ConfigError(f"{self.name}: wait_any() needs at least one request")
+        self._pump_until(requests, lambda: any(r.id in self._done for r in requests))
+        return [self._done.pop(r.id) for r in requests if r.id in self._done]
+
+    def _pump_until(self, requests: list[Request], ready: Callable[[], bool]) -> None:
+        """Receive replies until `ready()`, checking the deadlines of the requests
+        still out and the heartbeats meanwhile; on an error, abandon `requests`."""
         try:
-            while True:
-                got = [r for r in requests if r.id in self._done]
-                if got:
-                    return [self._done.pop(r.id) for r in got]
+            while not ready():
                 now = time.time()
-                late = [r for r in requests if r.deadline <= now]
+                out = [r for r in requests if r.id not in self._done]
+                late = [r for r in out if r.deadline <= now]
                 if late:
                     raise DeadlineError(self._describe_late(late, now))
-                wake = min(r.deadline for r in requests) - now
+                wake = min(r.deadline for r in out) - now
                 if self.heartbeat_policy is not None:
                     wake = min(wake, self._heartbeat_tick())
                 self._pump(wake)

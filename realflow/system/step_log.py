@@ -18,8 +18,10 @@
 `run.save_freq_secs` seconds (0 turns each off; any that fires saves). It is pure
 apart from an injectable clock.
 
-Not here: writing checkpoints (the runners: the in-process one writes them itself,
-the master asks the workers), evaluation (no eval MFC exists yet).
+`StepEnd` strings these together at the end of each step for both runners.
+
+Not here: writing checkpoints and evaluating (the runners: the in-process one does
+both itself, the master asks the workers).
 """
 from __future__ import annotations
 
@@ -56,6 +58,18 @@ class MFCRecord:
     @property
     def tokens_per_s(self) -> float:
         return self.n_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class RunRecords:
+    """What a finished run returns: its records and where its files are."""
+
+    records: list[MFCRecord]
+    run_dir: Path
+
+    def stats(self, mfc: str, key: str) -> list[float]:
+        """The statistic `key` of `mfc`, step after step."""
+        return [r.stats[key] for r in self.records if r.mfc == mfc and key in r.stats]
 
 
 class StepLogger:
@@ -163,3 +177,46 @@ class SaveTrigger:
     def saved(self) -> None:
         """A checkpoint was just written: the seconds count restarts."""
         self._since = self.clock()
+
+
+class StepEnd:
+    """The end of a step, as both runners do it: the step's records are kept and
+    logged; then, when due, an evaluation (`evaluate(step)` returns its records,
+    kept and logged too) and a checkpoint (`save(<run dir>/checkpoints/step<k>)`);
+    then `on_step(step, records)`. Use as a context manager (closes the logger)."""
+
+    def __init__(
+        self,
+        run: RunConfig,
+        run_dir: Path,
+        log: logging.Logger,
+        steps_per_epoch: int,
+        keep: list[MFCRecord],
+        save: Callable[[Path], None],
+        evaluate: Callable[[int], list[MFCRecord]] | None = None,
+        on_step: Callable[[int, list[MFCRecord]], None] | None = None,
+    ) -> None:
+        self.run_dir, self.keep, self.save, self.evaluate, self.on_step = run_dir, keep, save, evaluate, on_step
+        self.log = StepLogger.for_run(run, run_dir, log)
+        self.save_trigger = SaveTrigger.for_run(run, steps_per_epoch)
+        self.eval_trigger = SaveTrigger.for_eval(run, steps_per_epoch)
+
+    def __call__(self, step: int, epoch: int, records: list[MFCRecord]) -> None:
+        self.keep.extend(records)
+        self.log.log_step(step, epoch, records)
+        if self.evaluate is not None and self.eval_trigger.should_save(step + 1):
+            evals = self.evaluate(step)
+            self.keep.extend(evals)
+            self.log.log_step(step, epoch, evals)
+            self.eval_trigger.saved()
+        if self.save_trigger.should_save(step + 1):
+            self.save(self.run_dir / "checkpoints" / f"step{step + 1}")
+            self.save_trigger.saved()
+        if self.on_step is not None:
+            self.on_step(step, records)
+
+    def __enter__(self) -> StepEnd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.log.close()

@@ -108,17 +108,16 @@ class ModelWorker:
             # Collective: every worker makes the same data-parallel groups in the same order.
             self.groups.create(sorted({ws for ws in role_workers.values() if len(ws) > 1}))
         self.tokenizer = load_run_tokenizer(s.run)
-        run_dir = Path(s.run.fileroot) / s.run.experiment_name / s.run.trial_name
         info = None
         if s.load_data:
-            self.dataset = build_dataset(s.spec.dataset, self.tokenizer, s.run, run_dir)
+            self.dataset = build_dataset(s.spec.dataset, self.tokenizer, s.run, s.run.run_dir)
             info = DataInfo(len(self.dataset), tuple(sorted(self.dataset[0].keys)))
         dp_ranks = {r: role_workers[r].index(s.rank) for r in s.roles}
         self.roles = RoleSet.build(s.spec, self.tokenizer, s.run, roles=s.roles, dp_ranks=dp_ranks)
         for role in s.roles:
             engine = self.roles.models[role].engine
-            if len(role_workers[role]) > 1 and hasattr(engine, "dp_group"):
-                engine.dp_group = self.groups.get(role_workers[role])  # type: ignore[union-attr]
+            if engine is not None and len(role_workers[role]) > 1:  # model-free roles have no engine
+                engine.dp_group = self.groups.get(role_workers[role])  # type: ignore[attr-defined]
         self.mfcs = {m.name: m for m in s.spec.mfcs if m.role in s.roles}
         self.interfaces = build_interfaces(self.mfcs.values())  # shared per role: see build_interfaces
         self.setup = s
@@ -165,8 +164,7 @@ class ModelWorker:
         s = self.setup
         assert s is not None and self.roles is not None
         if self.eval_dataset is None:  # built on first use: only workers hosting an evaluated role need it
-            run_dir = Path(s.run.fileroot) / s.run.experiment_name / s.run.trial_name
-            self.eval_dataset = build_eval_dataset(s.spec.dataset, self.tokenizer, s.run, run_dir)
+            self.eval_dataset = build_eval_dataset(s.spec.dataset, self.tokenizer, s.run, s.run.run_dir)
         return [evaluate_mfc(p.step, self.mfcs[name], self.interfaces[name], self.roles.models[self.mfcs[name].role],
                              self.eval_dataset) for name in p.mfcs]
 

@@ -128,15 +128,20 @@ class Raising(ModelInterface):
 '''
 
 
-@pytest.mark.timeout(120)
-def test_interface_that_raises_reports_the_remote_traceback(tmp_path):
-    plugin = tmp_path / "raising_plugin.py"
-    plugin.write_text(textwrap.dedent(RAISING))
+def _sft_with_plugin(tmp_path: Path, name: str, source: str, interface: str):
+    """SFT (2 steps) whose train MFC runs `interface`, registered by the user file `name`."""
+    plugin = tmp_path / name
+    plugin.write_text(textwrap.dedent(source))
     import_user_file(str(plugin))
     cfg, spec = load_experiment("sft", [*SFT, "run.n_steps=2", f"run.fileroot={tmp_path}"])
-    mfc = spec.mfcs[0]
-    object.__setattr__(mfc, "interface_type", "raising_for_test")
-    object.__setattr__(mfc, "interface_args", {})
+    object.__setattr__(spec.mfcs[0], "interface_type", interface)
+    object.__setattr__(spec.mfcs[0], "interface_args", {})
+    return cfg, spec, plugin
+
+
+@pytest.mark.timeout(120)
+def test_interface_that_raises_reports_the_remote_traceback(tmp_path):
+    cfg, spec, plugin = _sft_with_plugin(tmp_path, "raising_plugin.py", RAISING, "raising_for_test")
     with pytest.raises(LaunchError) as err:
         run_local(spec, cfg.run, LaunchConfig(n_workers=2, heartbeat=FAST_HB, user_files=(str(plugin),)))
     text = str(err.value)
@@ -194,12 +199,7 @@ class Hanging(ModelInterface):
 
 @pytest.mark.timeout(120)
 def test_hung_worker_is_named_at_the_request_deadline(tmp_path):
-    plugin = tmp_path / "hanging_plugin.py"
-    plugin.write_text(textwrap.dedent(HANGING))
-    import_user_file(str(plugin))
-    cfg, spec = load_experiment("sft", [*SFT, "run.n_steps=2", f"run.fileroot={tmp_path}"])
-    object.__setattr__(spec.mfcs[0], "interface_type", "hanging_for_test")
-    object.__setattr__(spec.mfcs[0], "interface_args", {})
+    cfg, spec, plugin = _sft_with_plugin(tmp_path, "hanging_plugin.py", HANGING, "hanging_for_test")
     launch = LaunchConfig(n_workers=1, heartbeat=FAST_HB, user_files=(str(plugin),),
                           timeouts=MasterTimeouts(mfc_s=3.0), grace_s=1.0)
     t0 = time.monotonic()
