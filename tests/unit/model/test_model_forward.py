@@ -12,6 +12,10 @@ LENGTHS = {
     "mixed": [7, 1, 12, 3],
     "single_len1": [1],
     "equal_runs": [4, 4, 4, 2, 2],
+    # Many runs of few lengths: the CPU path gathers equal lengths into one call each.
+    "many_short": [3, 5, 3, 5, 1, 3, 5, 3, 5, 3, 1, 5],
+    # Both CPU kernels in one batch: written out up to SHORT_SEQ tokens, fused beyond.
+    "long_and_short": [70, 5, 100, 5],
 }
 
 
@@ -89,7 +93,29 @@ def _loss_weights(shape):
     return torch.randn(shape, generator=torch.Generator().manual_seed(3))
 
 
-@pytest.mark.parametrize("batch", ["mixed", "equal_runs"])
+def test_test_batches_cover_both_cpu_attention_kernels():
+    from realflow.model.attention import SHORT_SEQ
+
+    lengths = LENGTHS["long_and_short"]
+    assert min(lengths) <= SHORT_SEQ < max(lengths)
+
+
+def test_many_short_sequences_are_grouped_by_length():
+    from realflow.model.attention import PackedSeqs
+
+    lengths = LENGTHS["many_short"]
+    cu = packed_batch(lengths)[1]
+    order, inverse, runs = PackedSeqs.from_cu_seqlens(cu).length_groups
+    assert runs == [(0, 2, 1), (2, 5, 3), (17, 5, 5)]
+    starts = cu[:-1].tolist()
+    expected = [t for i in sorted(range(len(lengths)), key=lengths.__getitem__)
+                for t in range(starts[i], starts[i] + lengths[i])]
+    assert order.tolist() == expected
+    assert torch.equal(order[inverse], torch.arange(sum(lengths)))
+    assert PackedSeqs.from_cu_seqlens(packed_batch(LENGTHS["mixed"])[1]).length_groups is None
+
+
+@pytest.mark.parametrize("batch", ["mixed", "equal_runs", "many_short", "long_and_short"])
 def test_gradients_match_hf(hf_checkpoint, batch):
     family, hf, path = hf_checkpoint
     model = load_hf_checkpoint(path)
