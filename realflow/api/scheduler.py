@@ -167,6 +167,12 @@ class Scheduler:
         # Order dependencies make steps finish in order, so at most one finishes here.
         return self._advance() > 0
 
+    def stop_early(self) -> None:
+        """Begin no new step: the run ends once the steps already begun (a task of
+        theirs running or done) have finished; `n_steps` becomes their count."""
+        begun = [step + 1 for step in (*self._running, *self._done)]
+        self._n_steps = max([self._completed, *begun])
+
     # ------------------------------------------------------------------ checkpoint
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,14 +1,20 @@
 """`realflow demo`: the quickstart on the bundled arithmetic task, on a CPU.
 
 1. SFT a tiny Qwen2-shaped model (random init, the bundled tokenizer) on
-   arithmetic problems ("864+394=" -> "1258");
+   arithmetic problems ("864+394=" -> "1258") until it answers `--sft-target` of a
+   validation set exactly (checked every `--sft-check-every` steps; at most
+   `--sft-steps` steps). The accuracy of such a model jumps from a few percent to
+   nearly all within a few hundred steps, at a step that moves with every change of
+   seed or float rounding, so a fixed step count would hand GRPO a model anywhere
+   between 5% and 95%; stopping at a target hands it a model that is partly right;
 2. measure exact-match accuracy on held-out problems (greedy decoding);
 3. GRPO from the SFT checkpoint with the exact-answer reward;
 4. measure again, and print both numbers with the reward curve.
 
 Everything runs in this process through the same experiments `realflow run sft`
 and `realflow run grpo` use; the two stages' logs and checkpoints land in
-`<fileroot>/demo/`.
+`<fileroot>/demo/`. The validation problems (for the SFT stop) and the held-out
+ones (reported) are disjoint, and neither is trained on.
 """
 from __future__ import annotations
 
@@ -22,7 +28,8 @@ import torch
 
 from realflow.api.generation import GenerationConfig
 from realflow.api.interface import Model
-from realflow.apps.experiments import run_experiment
+from realflow.apps.experiments import prepare_run, run_experiment
+from realflow.system.inprocess import InProcessRunner
 from realflow.tasks.arithmetic import check_answer, write_arithmetic_task
 
 ARCH = ["arch.n_layers=4", "arch.hidden_dim=128", "arch.n_q_heads=4", "arch.n_kv_heads=4", "arch.intermediate_dim=512"]
@@ -30,7 +37,11 @@ ARCH = ["arch.n_layers=4", "arch.hidden_dim=128", "arch.n_q_heads=4", "arch.n_kv
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1, help="random seed")
-    parser.add_argument("--sft-steps", type=int, default=1000, help="SFT steps (batch of --sft-batch problems)")
+    parser.add_argument("--sft-steps", type=int, default=3000,
+                        help="at most this many SFT steps (batch of --sft-batch problems)")
+    parser.add_argument("--sft-target", type=float, default=0.25,
+                        help="stop SFT once this fraction of the validation problems is answered exactly")
+    parser.add_argument("--sft-check-every", type=int, default=50, help="SFT steps between validation checks")
     parser.add_argument("--sft-batch", type=int, default=128)
     parser.add_argument("--rl-steps", type=int, default=300, help="GRPO steps")
     parser.add_argument("--difficulty", default="easy", help="arithmetic difficulty (easy, default, hard, add=3,mul=2)")
@@ -54,20 +65,39 @@ def held_out_accuracy(model: Model, records: list[dict[str, Any]]) -> float:
 
 def main(args: argparse.Namespace) -> int:
     root = Path(args.fileroot) / "demo"
-    data = write_arithmetic_task(root / "data", n_train=20000, n_test=args.n_test, seed=args.seed, difficulty=args.difficulty)
-    test = [json.loads(line) for line in Path(data["sft_test"]).read_text().splitlines()]
+    # Held-out problems first, validation problems after them (disjoint; the train
+    # split is drawn apart from both).
+    data = write_arithmetic_task(root / "data", n_train=20000, n_test=2 * args.n_test, seed=args.seed,
+                                 difficulty=args.difficulty)
+    problems = [json.loads(line) for line in Path(data["sft_test"]).read_text().splitlines()]
+    test, validation = problems[: args.n_test], problems[args.n_test :]
     common = [f"run.seed={args.seed}", f"run.fileroot={root}", "run.experiment_name=demo"]
 
-    print(f"[1/2] SFT: {args.sft_steps} steps of {args.sft_batch} problems ({args.difficulty} arithmetic)")
+    print(f"[1/2] SFT ({args.difficulty} arithmetic, batches of {args.sft_batch}) until {args.sft_target:.0%} of "
+          f"{len(validation)} validation problems are right, at most {args.sft_steps} steps")
     t0 = time.perf_counter()
-    sft = run_experiment("sft", [
+    cfg, spec = prepare_run("sft", [
         *common, "run.trial_name=sft", f"run.n_steps={args.sft_steps}", f"n_seqs={args.sft_batch}",
         f"dataset.path={data['sft_train']}", "model.optimizer.lr=1e-3", "model.optimizer.lr_scheduler_type=constant",
         *("model." + a for a in ARCH),
     ])
+    runner = InProcessRunner(spec, cfg.run)
+    model = runner.roles.models["default"]
+    checks: list[tuple[int, float]] = []
+
+    def reached_target(step: int, records: list) -> bool:
+        if (step + 1) % args.sft_check_every:
+            return False
+        checks.append((step + 1, held_out_accuracy(model, validation)))
+        return checks[-1][1] >= args.sft_target
+
+    sft = runner.run_all(reached_target)
     sft_time = time.perf_counter() - t0
+    steps = 1 + max(r.step for r in sft.records)
+    val_acc = checks[-1][1] if checks else float("nan")
     acc_sft = held_out_accuracy(sft.models["default"], test)
-    print(f"      held-out accuracy after SFT: {acc_sft:.1%}  ({sft_time:.0f} s)")
+    print(f"      stopped after {steps} steps ({sft_time:.0f} s), last validation accuracy {val_acc:.1%}")
+    print(f"      held-out accuracy after SFT: {acc_sft:.1%}")
 
     print(f"[2/2] GRPO from the SFT checkpoint: {args.rl_steps} steps")
     t0 = time.perf_counter()

@@ -26,6 +26,7 @@ from realflow.api.render import render_graph
 from realflow.system.inprocess import RunResult, run_inprocess
 from realflow.system.launcher import DistributedResult, LaunchConfig, run_local
 from realflow.system.master import default_allocation
+from realflow.system.step_log import OnStep
 from realflow.system.user_files import import_user_file  # noqa: F401  (re-exported for the CLI)
 
 
@@ -53,20 +54,29 @@ def parse_placements(items: list[str]) -> dict[str, list[int]]:
     return out
 
 
-def run_experiment(
-    name: str, overrides: list[str], workers: int = 0, user_files: list[str] | None = None,
-    placements: dict[str, list[int]] | None = None,
-) -> RunResult | DistributedResult:
-    """Run a registered experiment; its full config goes to <run dir>/config.yaml.
-
-    `workers=0` runs in this process; N > 0 runs this process as the master plus N
-    model-worker processes (realflow.system.launcher; roles round-robin over them).
-    """
+def prepare_run(name: str, overrides: list[str]) -> tuple[Any, ExperimentSpec]:
+    """`load_experiment`, then the run directory with the full config in
+    <run dir>/config.yaml; for callers that drive a runner themselves."""
     cfg, spec = load_experiment(name, overrides)
     run_dir = cfg.run.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(f"# realflow run {name}\n" + to_yaml(cfg))
     logging.getLogger(__name__).info("experiment %s: config in %s", name, run_dir / "config.yaml")
+    return cfg, spec
+
+
+def run_experiment(
+    name: str, overrides: list[str], workers: int = 0, user_files: list[str] | None = None,
+    placements: dict[str, list[int]] | None = None, on_step: OnStep = None,
+) -> RunResult | DistributedResult:
+    """Run a registered experiment; its full config goes to <run dir>/config.yaml.
+
+    `workers=0` runs in this process; N > 0 runs this process as the master plus N
+    model-worker processes (realflow.system.launcher; roles round-robin over them).
+    `on_step(step, records)` is called after every step; returning True ends the run
+    there (the final checkpoint is still written).
+    """
+    cfg, spec = prepare_run(name, overrides)
     if placements and not workers:
         raise ConfigError(f"--place {placements} needs --workers N (placements are of model workers)")
     if workers:
@@ -75,8 +85,8 @@ def run_experiment(
             # Roles not placed explicitly keep the default round-robin worker.
             allocation = {**{r: ws for r, ws in default_allocation(spec, workers).items()}, **placements}
         return run_local(spec, cfg.run, LaunchConfig(n_workers=workers, allocation=allocation,
-                                                     user_files=tuple(user_files or ())))
-    return run_inprocess(spec, cfg.run)
+                                                     user_files=tuple(user_files or ())), on_step=on_step)
+    return run_inprocess(spec, cfg.run, on_step)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

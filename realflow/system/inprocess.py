@@ -17,7 +17,6 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -31,7 +30,7 @@ from realflow.system.execution import (
     RoleSet, build_dataset, build_eval_dataset, build_interfaces, call_mfc, end_train_step, eval_mfcs, evaluate_mfc,
     load_run_tokenizer, n_tokens, save_role,
 )
-from realflow.system.step_log import MFCRecord, RunRecords, StepEnd
+from realflow.system.step_log import MFCRecord, OnStep, RunRecords, StepEnd
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +71,12 @@ class InProcessRunner:
         if run.evaluates and not self.eval_mfcs:
             logger.warning("run.eval_freq_* is set, but no train MFC reads only data-set keys: nothing to evaluate")
 
-    def run_all(self, on_step: Callable[[int, list[MFCRecord]], None] | None = None) -> RunResult:
+    def run_all(self, on_step: OnStep = None) -> RunResult:
+        """Step the graph `run.n_steps` times, or until `on_step` returns True."""
         batches: dict[int, SequenceSample] = {}
         step_records: dict[int, list[MFCRecord]] = {}
         end = StepEnd(self.run, self.run_dir, logger, self.cursor.batches_per_epoch, self.records, self.save,
-                      self._evaluate if self.eval_mfcs else None, on_step)
+                      self._evaluate if self.eval_mfcs else None, on_step, self.scheduler.stop_early)
         with end:
             while self.scheduler.is_active():
                 ready = self.scheduler.get_ready()
@@ -116,7 +116,7 @@ class InProcessRunner:
 
 
 def run_inprocess(
-    spec: ExperimentSpec, run: RunConfig, on_step: Callable[[int, list[MFCRecord]], None] | None = None
+    spec: ExperimentSpec, run: RunConfig, on_step: OnStep = None
 ) -> RunResult:
     """Run `spec` for `run.n_steps` steps in this process (see the module docstring)."""
     return InProcessRunner(spec, run).run_all(on_step)

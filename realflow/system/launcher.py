@@ -46,7 +46,7 @@ from realflow.api.errors import ConfigError, RealflowError
 from realflow.api.experiment import ExperimentSpec, RunConfig
 from realflow.system import names
 from realflow.system.auth import SECRET_FILE_ENV, load_secret, new_secret, write_secret_file
-from realflow.system.step_log import MFCRecord, RunRecords
+from realflow.system.step_log import MFCRecord, OnStep, RunRecords
 from realflow.system.master import Master, MasterTimeouts
 from realflow.system.messages import RequestKind
 from realflow.system.name_resolve import FileNameResolver
@@ -212,7 +212,7 @@ def run_local(
     spec: ExperimentSpec,
     run: RunConfig,
     launch: LaunchConfig = LaunchConfig(),
-    on_step: Callable[[int, list[MFCRecord]], None] | None = None,
+    on_step: OnStep = None,
 ) -> DistributedResult:
     """Run `spec` as this master plus `launch.n_workers` worker processes; see the module docstring."""
     if launch.n_workers < 1:

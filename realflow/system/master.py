@@ -55,7 +55,7 @@ from realflow.api.interface import INTERFACES
 from realflow.api.scheduler import Scheduler, TaskState
 from realflow.system.data_cursor import DataCursor
 from realflow.system.execution import EVAL_SUFFIX, eval_mfcs, n_tokens
-from realflow.system.step_log import MFCRecord, StepEnd
+from realflow.system.step_log import MFCRecord, OnStep, StepEnd
 from realflow.system.messages import Request, RequestKind
 from realflow.system.request_client import RequestClient
 from realflow.system.transfer_plan import DataKey, Need, TransferPlan, sizes_from_meta, transfer_plan
@@ -66,7 +66,6 @@ from realflow.system.protocol import (
 logger = logging.getLogger(__name__)
 
 DATA_WORKER = 0
-OnStep = Callable[[int, list[MFCRecord]], None] | None  # called after each step with its records
 QUEUE_DEPTH = 3  # requests the master keeps in flight at one worker when pipelining (Master._queue_behind)
 MASTER_STATE = "master_state.json"  # in a checkpoint directory: scheduler, data cursor, allocation
 WORKER_STATE = "worker_state"  # in a checkpoint directory: <worker>.pt per worker
@@ -234,7 +233,7 @@ class Master:
         """Step until `run.n_steps` are done, or stop (with a resumable checkpoint
         `checkpoints/step<k>`) once `stop_after_steps` steps are complete."""
         end = StepEnd(self.run, self.run_dir, logger, self.cursor.batches_per_epoch, self.records, self.save,
-                      self._evaluate if self.eval_mfcs else None, on_step)
+                      self._evaluate if self.eval_mfcs else None, on_step, self.scheduler.stop_early)
         with end:
             done_steps: set[int] = set()  # done in the scheduler; finished once no request of theirs is out
             while self.scheduler.is_active() or self._inflight:

@@ -179,11 +179,17 @@ class SaveTrigger:
         self._since = self.clock()
 
 
+# Called after each step with its records; returning True ends the run after the
+# steps already begun (early stopping); None or False goes on.
+OnStep = Callable[[int, list[MFCRecord]], "bool | None"] | None
+
+
 class StepEnd:
     """The end of a step, as both runners do it: the step's records are kept and
     logged; then, when due, an evaluation (`evaluate(step)` returns its records,
     kept and logged too) and a checkpoint (`save(<run dir>/checkpoints/step<k>)`);
-    then `on_step(step, records)`. Use as a context manager (closes the logger)."""
+    then `on_step(step, records)`; when that returns True, `stop()` (the runner's
+    scheduler begins no new step). Use as a context manager (closes the logger)."""
 
     def __init__(
         self,
@@ -194,9 +200,11 @@ class StepEnd:
         keep: list[MFCRecord],
         save: Callable[[Path], None],
         evaluate: Callable[[int], list[MFCRecord]] | None = None,
-        on_step: Callable[[int, list[MFCRecord]], None] | None = None,
+        on_step: OnStep = None,
+        stop: Callable[[], None] | None = None,
     ) -> None:
         self.run_dir, self.keep, self.save, self.evaluate, self.on_step = run_dir, keep, save, evaluate, on_step
+        self.stop = stop
         self.log = StepLogger.for_run(run, run_dir, log)
         self.save_trigger = SaveTrigger.for_run(run, steps_per_epoch)
         self.eval_trigger = SaveTrigger.for_eval(run, steps_per_epoch)
@@ -212,8 +220,8 @@ class StepEnd:
         if self.save_trigger.should_save(step + 1):
             self.save(self.run_dir / "checkpoints" / f"step{step + 1}")
             self.save_trigger.saved()
-        if self.on_step is not None:
-            self.on_step(step, records)
+        if self.on_step is not None and self.on_step(step, records) is True and self.stop is not None:
+            self.stop()
 
     def __enter__(self) -> StepEnd:
         return self

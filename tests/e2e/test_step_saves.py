@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from realflow.apps.experiments import load_experiment
+from realflow.apps.experiments import load_experiment, run_experiment
 from realflow.system.inprocess import run_inprocess
 from realflow.system.launcher import LaunchConfig, run_local
 from realflow.system.request_client import HeartbeatPolicy
@@ -62,3 +62,22 @@ def test_distributed_saves_logs_and_merges_worker_lines(tmp_path: Path, caplog, 
     log_file = (result.run_dir / "logs" / "w0.log").read_text().splitlines()
     assert merged == [f"[w0] {x}" for x in log_file]  # every line, once, in order
     assert any("worker 'w0' exits" in x for x in merged)  # written after the last request: the drain got it
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("workers", [0, 1])
+def test_on_step_returning_true_ends_the_run_after_that_step(tmp_path: Path, workers: int) -> None:
+    """Early stopping: both runners finish the step, write the final checkpoint and
+    start nothing more."""
+    seen: list[int] = []
+
+    def stop_after_third(step, records):
+        seen.append(step)
+        return step == 2
+
+    result = run_experiment("sft", [*SFT, "run.n_steps=9", f"run.fileroot={tmp_path}"], workers=workers,
+                            on_step=stop_after_third)
+    assert seen == [0, 1, 2]
+    assert sorted({r.step for r in result.records}) == [0, 1, 2]
+    assert _checkpoints(result.run_dir) == ["final"]
+    assert _tb_steps(result.run_dir, "trainDefault/seconds") == [1, 2, 3]

@@ -119,6 +119,29 @@ def test_scripted_transitions(mfcs, window, script):
         assert [tuple(t) for t in sched.get_ready()] == ready, (action, step, name)
 
 
+@pytest.mark.parametrize("n_steps", [10, None])
+def test_stop_early_finishes_the_steps_begun_and_starts_no_more(n_steps):
+    sched = Scheduler(build_graph(FROZEN), n_steps=n_steps, max_steps_in_flight=2)
+    for step, name in ((0, "gen"), (0, "score"), (1, "gen")):
+        sched.start(step, name)
+        sched.done(step, name)
+    assert sched.get_ready() == [Task(1, "score"), Task(2, "gen")]  # step 1 begun, step 2 open
+    sched.stop_early()
+    assert sched.n_steps == 2 and sched.open_steps() == range(1, 2)
+    assert sched.get_ready() == [Task(1, "score")] and sched.is_active()
+    sched.start(1, "score")
+    assert sched.done(1, "score")
+    assert not sched.is_active() and sched.completed_steps == 2
+
+
+def test_stop_early_between_steps_ends_the_run_at_once():
+    sched = Scheduler(build_graph(SFT), n_steps=5)
+    sched.start(0, "train")
+    sched.done(0, "train")
+    sched.stop_early()
+    assert not sched.is_active() and sched.get_ready() == []
+
+
 def test_done_reports_the_end_of_a_step_and_states():
     sched = Scheduler(build_graph(CHAIN), n_steps=2)
     assert sched.state(0, "gen") is TaskState.READY and sched.state(0, "train") is TaskState.BLOCKED
