@@ -10,13 +10,11 @@
    (a thread copies new lines of those files to this console, prefixed `[w<i>]`,
    unless `LaunchConfig.merge_worker_logs` is off);
 3. connects to each worker as it publishes its address (failing early, with the
-   worker's exit code and log tail, if one dies while starting), picks a free
-   127.0.0.1 port for the torch.distributed (gloo) rendezvous of the workers (the
-   master is not part of that world: it moves no tensors), and runs the `Master`
-   here. The port is picked only now, once the workers are up, so that the
-   window in which another process could take it before worker 0 binds it is
-   milliseconds, not the workers' start-up; if it is taken all the same, the
-   error says so, naming the port;
+   worker's exit code and log tail, if one dies while starting), hosts the
+   torch.distributed (gloo) rendezvous store of the workers on a 127.0.0.1 port
+   bound once and kept (rendezvous.py: no other process can take it, nothing
+   outside the machine can reach it; the master is not part of that world: it moves
+   no tensors), and runs the `Master` here;
 4. on every exit path (success, error, Ctrl-C, SIGTERM): EXIT to the workers that
    still answer, then SIGTERM to each worker's process group, then SIGKILL after a
    grace period, and waits for every child.
@@ -53,6 +51,7 @@ from realflow.system.name_resolve import FileNameResolver
 from realflow.system.request_client import HeartbeatPolicy, RequestClient
 from realflow.system.stream import ServerAddress
 from realflow.system.protocol import worker_name
+from realflow.system.rendezvous import DIST_TIMEOUT, host_store
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +81,8 @@ DistributedResult = RunRecords  # what run_local returns: records and the run di
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free right now (another process could take it before use: the rendezvous then fails loudly)."""
+    """A port free right now (another process could take it before it is bound; runs
+    use `rendezvous.host_store`, which cannot lose its port; tests use this)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -231,7 +231,7 @@ def run_local(
     merger = _LogMerger(workers.logs, [worker_name(i) for i in range(launch.n_workers)]) \
         if launch.merge_worker_logs else None
     client = RequestClient(secret, heartbeat=launch.heartbeat)
-    dist_port: int | None = None
+    store = None  # the workers' rendezvous store, served from here for the whole run
     restore = _raise_on_sigterm()
     try:
         workers.start(lambda i: [
@@ -242,8 +242,7 @@ def run_local(
         if merger is not None:
             merger.start()
         _connect(client, resolver, run, workers, launch.start_timeout_s)
-        dist_port = free_port()
-        dist_init = f"tcp://127.0.0.1:{dist_port}"
+        store, dist_init = host_store(DIST_TIMEOUT)
         master = Master(spec, run, client, launch.n_workers, dist_init, launch.allocation, launch.timeouts,
                         user_files=tuple(str(Path(f).resolve()) for f in launch.user_files),
                         resume_from=None if launch.resume_from is None else Path(launch.resume_from).resolve(),
@@ -254,7 +253,7 @@ def run_local(
     except (Exception, KeyboardInterrupt) as e:
         time.sleep(0.2)  # let a dying worker's exit code show
         died = workers.died()
-        head = _port_taken(e, dist_port) + (f"{died}; " if died else "")
+        head = f"{died}; " if died else ""
         raise LaunchError(
             f"distributed run failed: {head}{type(e).__name__}: {e}\nworkers:\n{workers.describe()}"
         ) from e
@@ -265,17 +264,8 @@ def run_local(
         if merger is not None:
             merger.stop()  # after the reap: drains what the workers wrote last
         restore()
+        del store  # stops the rendezvous server, once the workers are gone
         secret_path.unlink(missing_ok=True)
-
-
-def _port_taken(error: BaseException, port: int | None) -> str:
-    """The first words of the error when the rendezvous port was taken (torch's
-    DistNetworkError names the port and EADDRINUSE); '' otherwise."""
-    text = str(error)
-    if port is None or "EADDRINUSE" not in text or f"port: {port}" not in text:
-        return ""
-    return (f"the torch.distributed rendezvous port 127.0.0.1:{port} was taken by another process before "
-            f"worker '{worker_name(0)}' could bind it (the launcher picks a free one; run again); ")
 
 
 def _connect(client: RequestClient, resolver: FileNameResolver, run: RunConfig, workers: _Workers,

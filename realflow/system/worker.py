@@ -31,7 +31,6 @@ Not here: scheduling, deciding what moves where (the master), process lifecycle
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 import sys
 import time
@@ -53,6 +52,7 @@ from realflow.system.execution import (
 )
 from realflow.system.messages import Request, RequestKind
 from realflow.system.name_resolve import FileNameResolver
+from realflow.system.rendezvous import DIST_TIMEOUT, join_group
 from realflow.system.protocol import (
     DataInfo, EvaluateMFCs, FetchData, MFCResult, RunMFC, SaveRoles, TransferData, WorkerSetup, worker_name,
 )
@@ -64,7 +64,6 @@ from realflow.system.user_files import import_user_file
 
 logger = logging.getLogger(__name__)
 
-DIST_TIMEOUT = datetime.timedelta(seconds=60)
 
 
 class ModelWorker:
@@ -103,8 +102,7 @@ class ModelWorker:
         torch.manual_seed(s.run.seed)
         role_workers = s.role_workers or {r: (s.rank,) for r in s.roles}
         if s.world_size > 1:
-            dist.init_process_group("gloo", init_method=s.dist_init, rank=s.rank, world_size=s.world_size,
-                                    timeout=DIST_TIMEOUT)
+            join_group(s.dist_init, s.rank, s.world_size, DIST_TIMEOUT)  # the launcher's store (rendezvous.py)
             # Collective: every worker makes the same data-parallel groups in the same order.
             self.groups.create(sorted({ws for ws in role_workers.values() if len(ws) > 1}))
         self.tokenizer = load_run_tokenizer(s.run)

@@ -1,4 +1,5 @@
-"""The local launcher's process handling: reaping, naming dead workers, free ports."""
+"""The local launcher's process handling: reaping, naming dead workers, free ports,
+rendezvous addresses."""
 from __future__ import annotations
 
 import os
@@ -8,8 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from realflow.api.errors import ConfigError
 from realflow.apps.cli import build_parser
 from realflow.system.launcher import _Workers, free_port
+from realflow.system.rendezvous import parse_address
 
 IGNORES_TERM = (
     "import signal, subprocess, sys, time\n"
@@ -73,3 +78,10 @@ def test_cli_run_takes_a_workers_flag() -> None:
     args = build_parser().parse_args(["run", "sft", "n_seqs=8", "run.n_steps=2", "--workers", "2"])
     assert args.workers == 2 and args.overrides == ["n_seqs=8", "run.n_steps=2"]
     assert build_parser().parse_args(["run", "sft"]).workers == 0
+
+
+def test_rendezvous_addresses_are_checked() -> None:
+    assert parse_address("tcp://127.0.0.1:29500") == ("127.0.0.1", 29500)
+    for bad in ("127.0.0.1:29500", "tcp://127.0.0.1", "tcp://127.0.0.1:0", "tcp://:29500", "env://", "tcp://h:x"):
+        with pytest.raises(ConfigError, match="rendezvous address"):
+            parse_address(bad)
