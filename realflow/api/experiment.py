@@ -114,10 +114,16 @@ class RunConfig:
     eval_path: str | None = None
     log_jsonl: bool = True  # <fileroot>/<experiment>/<trial>/stats.jsonl
     tensorboard: bool = True  # scalars under <fileroot>/<experiment>/<trial>/tensorboard
+    # A console line every so many steps (and always the first and the last step and
+    # every evaluation); stats.jsonl and TensorBoard get every step regardless.
+    log_freq_steps: int = 1
 
     def __post_init__(self) -> None:
         if self.n_steps < 1:
             raise ConfigError(f"run.n_steps must be >= 1, got {self.n_steps}")
+        if isinstance(self.log_freq_steps, bool) or not isinstance(self.log_freq_steps, int) \
+                or self.log_freq_steps < 1:
+            raise ConfigError(f"run.log_freq_steps must be an int >= 1, got {self.log_freq_steps!r}")
         for name in ("save_freq_steps", "save_freq_epochs", "eval_freq_steps", "eval_freq_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

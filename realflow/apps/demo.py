@@ -71,7 +71,8 @@ def main(args: argparse.Namespace) -> int:
                                  difficulty=args.difficulty)
     problems = [json.loads(line) for line in Path(data["sft_test"]).read_text().splitlines()]
     test, validation = problems[: args.n_test], problems[args.n_test :]
-    common = [f"run.seed={args.seed}", f"run.fileroot={root}", "run.experiment_name=demo"]
+    # A console line every 100 steps (all of them are in each stage's stats.jsonl and TensorBoard).
+    common = [f"run.seed={args.seed}", f"run.fileroot={root}", "run.experiment_name=demo", "run.log_freq_steps=100"]
 
     print(f"[1/2] SFT ({args.difficulty} arithmetic, batches of {args.sft_batch}) until {args.sft_target:.0%} of "
           f"{len(validation)} validation problems are right, at most {args.sft_steps} steps")

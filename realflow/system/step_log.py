@@ -76,10 +76,12 @@ class StepLogger:
     """Console line, JSONL and TensorBoard scalars of each finished step; close() when done."""
 
     def __init__(
-        self, run_dir: Path, n_steps: int | None, log: logging.Logger, *, jsonl: bool = True, tensorboard: bool = True
+        self, run_dir: Path, n_steps: int | None, log: logging.Logger, *, jsonl: bool = True, tensorboard: bool = True,
+        console_every: int = 1,
     ) -> None:
         self.n_steps = n_steps
         self.log = log
+        self.console_every = console_every
         run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl: IO[str] | None = (run_dir / JSONL_FILE).open("a") if jsonl else None
         # flush_secs bounds what a crashed run loses; close() flushes the rest.
@@ -87,11 +89,17 @@ class StepLogger:
 
     @classmethod
     def for_run(cls, run: RunConfig, run_dir: Path, log: logging.Logger) -> StepLogger:
-        return cls(run_dir, run.n_steps, log, jsonl=run.log_jsonl, tensorboard=run.tensorboard)
+        return cls(run_dir, run.n_steps, log, jsonl=run.log_jsonl, tensorboard=run.tensorboard,
+                   console_every=run.log_freq_steps)
 
-    def log_step(self, step: int, epoch: int, records: list[MFCRecord]) -> None:
-        """Everything about 0-based `step` (in 0-based `epoch`)."""
-        self.log.info(self.line(step, epoch, records))
+    def log_step(self, step: int, epoch: int, records: list[MFCRecord], console: bool | None = None) -> None:
+        """Everything about 0-based `step` (in 0-based `epoch`); the console line
+        every `console_every` steps, the first and the last (`console` forces it
+        either way)."""
+        if console is None:
+            console = (step + 1) % self.console_every == 0 or step == 0 or step + 1 == self.n_steps
+        if console:
+            self.log.info(self.line(step, epoch, records))
         if self._jsonl is not None:
             for r in records:
                 self._jsonl.write(json.dumps({"step": r.step, "mfc": r.mfc, "seconds": r.seconds,
@@ -215,7 +223,7 @@ class StepEnd:
         if self.evaluate is not None and self.eval_trigger.should_save(step + 1):
             evals = self.evaluate(step)
             self.keep.extend(evals)
-            self.log.log_step(step, epoch, evals)
+            self.log.log_step(step, epoch, evals, console=True)
             self.eval_trigger.saved()
         if self.save_trigger.should_save(step + 1):
             self.save(self.run_dir / "checkpoints" / f"step{step + 1}")

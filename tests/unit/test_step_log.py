@@ -33,6 +33,19 @@ def test_console_line_goes_to_the_callers_logger(tmp_path: Path, caplog) -> None
     assert not (tmp_path / "stats.jsonl").exists() and not (tmp_path / "tensorboard").exists()
 
 
+def test_console_every_n_steps_keeps_the_first_last_and_forced_lines(tmp_path: Path, caplog) -> None:
+    log = logging.getLogger("test.every")
+    with caplog.at_level(logging.INFO, logger="test.every"), \
+            StepLogger(tmp_path, 10, log, tensorboard=False, console_every=4) as steps:
+        for step in range(10):
+            steps.log_step(step, 0, [MFCRecord(step, "train", 0.1, 4, 100, {"loss": 1.0})])
+        steps.log_step(5, 0, [MFCRecord(5, "train:eval", 0.1, 4, 100, {"loss": 1.0})], console=True)
+    shown = [r.getMessage().split(" |")[0] for r in caplog.records]
+    assert shown == ["step 1/10 epoch 1", "step 4/10 epoch 1", "step 8/10 epoch 1", "step 10/10 epoch 1",
+                     "step 6/10 epoch 1"]
+    assert len((tmp_path / "stats.jsonl").read_text().splitlines()) == 11  # every step, whatever is shown
+
+
 def test_jsonl_has_one_line_per_record_with_interface_stats_nested(tmp_path: Path) -> None:
     _log_two_steps(tmp_path, logging.getLogger("test"), tensorboard=False)
     _log_two_steps(tmp_path, logging.getLogger("test"), tensorboard=False)  # a resumed run appends
@@ -129,6 +142,7 @@ def test_save_trigger_from_run_config() -> None:
     ("save_freq_secs", float("inf"), "run.save_freq_secs must be a finite number >= 0 (0: off), got inf"),
     ("eval_freq_epochs", -1, "run.eval_freq_epochs must be an int >= 0 (0: off), got -1"),
     ("eval_freq_secs", -1.0, "run.eval_freq_secs must be a finite number >= 0 (0: off), got -1.0"),
+    ("log_freq_steps", 0, "run.log_freq_steps must be an int >= 1, got 0"),
 ])
 def test_bad_save_frequency_names_the_field(field, value, words) -> None:
     with pytest.raises(ConfigError) as err:
