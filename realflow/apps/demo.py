@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from realflow.api.errors import ConfigError
 from realflow.api.generation import GenerationConfig
 from realflow.api.interface import Model
 from realflow.apps.experiments import prepare_run, run_experiment
@@ -64,6 +65,9 @@ def held_out_accuracy(model: Model, records: list[dict[str, Any]]) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
+    for name in ("sft_steps", "sft_check_every", "sft_batch", "rl_steps", "n_test"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"demo: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     root = Path(args.fileroot) / "demo"
     # Held-out problems first, validation problems after them (disjoint; the train
     # split is drawn apart from both).

@@ -40,3 +40,12 @@ def test_demo_sft_runs_to_its_step_limit_when_the_target_is_not_met(tmp_path, ca
     # Validation (for the stop) and held-out problems (reported) are disjoint.
     problems = (tmp_path / "demo" / "data" / "sft_test.jsonl").read_text().splitlines()
     assert len(problems) == 24 and len(set(problems)) == 24
+
+
+@pytest.mark.parametrize("flag", ["sft_check_every", "sft_steps", "rl_steps"])
+def test_demo_rejects_a_count_below_one(tmp_path, flag):
+    from realflow.api.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"--{flag.replace('_', '-')} must be >= 1, got 0"):
+        demo.main(_args(tmp_path, **{flag: 0}))
+    assert not (tmp_path / "demo").exists()  # nothing written
