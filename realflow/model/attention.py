@@ -175,7 +175,10 @@ SHORT_SEQ = 64
 def _short_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """Causal attention written out. q (count, n_q, L, d); k, v (count, n_kv, L, d);
     returns (count, n_q, L, d). The query heads sharing a kv head are folded into
-    the query axis (as in `decode_attention`), so keys are never repeated."""
+    the query axis (as in `decode_attention`), so keys are never repeated. Memory:
+    the attention weights, n_q * L floats per token (L <= SHORT_SEQ), are kept for
+    backward, where the fused kernel keeps one per head; beside a block's other
+    activations that is small at these lengths."""
     count, n_q, length, d = q.shape
     n_kv = k.shape[1]
     group = n_q // n_kv
