@@ -9,7 +9,7 @@ from realflow.api.errors import ConfigError, DataError, ModelError
 from realflow.model import load_hf_checkpoint
 from realflow.model.generate import GenerationConfig, generate
 from realflow.model.kv_cache import KVCache
-from realflow.model.sampling import filter_logits
+from realflow.model.sampling import draw, filter_logits
 
 PROMPTS = [5, 1, 9, 3, 3]
 EOS = 7
@@ -108,6 +108,31 @@ def test_stops_per_sequence_and_flags_truncation(tmp_path):
     # min_new_tokens forbids the EOS before it.
     later = generate(model, ids, cu, GenerationConfig(max_new_tokens=6, min_new_tokens=4, greedy=True), [eos, 95])
     assert all(eos not in s[:4] for s in _split(later.output_ids, later.output_cu_seqlens))
+
+
+def test_draw_samples_each_rows_distribution_and_never_a_removed_token():
+    """The inverse-CDF sampler against the probabilities it is given: 200k draws per
+    row; every frequency within 5 standard deviations of its probability; tokens of
+    probability 0 (as top-k/top-p leave them, here also the first and the last of a
+    row) never drawn."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.tensor([
+        [0.0, 0.5, 0.0, 0.25, 0.125, 0.125, 0.0],
+        [0.7, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3],
+        [1e-3, 0.2, 0.2, 0.2, 0.2, 0.199, 0.0],
+    ])
+    n = 200_000
+    counts = torch.zeros_like(probs)
+    for _ in range(n // 1000):
+        tokens = draw(probs.repeat_interleave(1000, dim=0), g).view(3, 1000)
+        counts += torch.nn.functional.one_hot(tokens, probs.shape[1]).sum(1).float()
+    freq = counts / n
+    assert counts[probs == 0].sum() == 0
+    sd = (probs * (1 - probs) / n).sqrt()
+    assert ((freq - probs).abs() <= 5 * sd + 1e-9).all(), (freq, probs)
+    # Unnormalised rows (as the sampler's callers may pass) are drawn from the same distribution.
+    torch.testing.assert_close(draw(probs * 3.0, torch.Generator().manual_seed(1)),
+                               draw(probs, torch.Generator().manual_seed(1)))
 
 
 def test_filter_logits_top_p_keeps_the_smallest_set_reaching_p():
