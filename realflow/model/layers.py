@@ -71,6 +71,14 @@ def make_norm(config: ReaLModelConfig) -> nn.Module:
     return nn.LayerNorm(config.hidden_dim, eps=config.norm_eps)
 
 
+def _uninitialised_embedding(num: int, dim: int) -> nn.Embedding:
+    """nn.Embedding without its N(0, 1) initialisation (ReaLModel initialises or loads
+    every parameter in its flat buffer). Layers are built on the meta device, where
+    `normal_` imports torch._dynamo on first use: ~2-3 s of every process's first
+    model build, for numbers that are thrown away."""
+    return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
+
+
 class Embedding(nn.Module):
     """Layer 0: token (and absolute position) embeddings.
 
@@ -80,9 +88,9 @@ class Embedding(nn.Module):
 
     def __init__(self, config: ReaLModelConfig, tokens_only: bool = False) -> None:
         super().__init__()
-        self.wte = nn.Embedding(config.vocab_size, config.hidden_dim)
+        self.wte = _uninitialised_embedding(config.vocab_size, config.hidden_dim)
         with_positions = config.abs_position_embedding and not tokens_only
-        self.wpe = nn.Embedding(config.n_positions, config.hidden_dim) if with_positions else None
+        self.wpe = _uninitialised_embedding(config.n_positions, config.hidden_dim) if with_positions else None
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         x = self.wte(input_ids)  # (T, hidden)
