@@ -13,7 +13,7 @@ from realflow.apps import demo
 def _args(tmp_path: Path, **kw) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
-    args = parser.parse_args(["--fileroot", str(tmp_path), "--n-test", "12", "--rl-steps", "2"])
+    args = parser.parse_args(["--fileroot", str(tmp_path), "--n-test", "12", "--n-val", "10", "--rl-steps", "2"])
     for key, value in kw.items():
         setattr(args, key, value)
     return args
@@ -39,10 +39,10 @@ def test_demo_sft_runs_to_its_step_limit_when_the_target_is_not_met(tmp_path, ca
     assert "stopped after 4 steps" in out
     # Validation (for the stop) and held-out problems (reported) are disjoint.
     problems = (tmp_path / "demo" / "data" / "sft_test.jsonl").read_text().splitlines()
-    assert len(problems) == 24 and len(set(problems)) == 24
+    assert len(problems) == 22 and len(set(problems)) == 22
 
 
-@pytest.mark.parametrize("flag", ["sft_check_every", "sft_steps", "rl_steps"])
+@pytest.mark.parametrize("flag", ["sft_check_every", "sft_steps", "rl_steps", "n_val"])
 def test_demo_rejects_a_count_below_one(tmp_path, flag):
     from realflow.api.errors import ConfigError
 
