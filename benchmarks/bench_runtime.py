@@ -5,13 +5,14 @@
 Graphs of null MFCs (the interface copies one key, microseconds of work) run
 through the local launcher on the bundled arithmetic data set:
 
-- `one`:    one MFC on worker w0. A step is FETCH_DATA + RUN_MFC + FREE_DATA.
+- `one`:    one MFC on worker w0. A step is FETCH_DATA + RUN_MFC (the step's samples
+  are freed by the next request, no FREE_DATA round trip).
 - `eight`:  eight MFCs on w0, each consuming the previous one's output. The
   difference to `one`, over 7, is the marginal cost of one MFC (a RUN_MFC round
   trip, the master's dispatch, the worker's store); what `one` costs beyond it is
-  the per-step cost (FETCH_DATA, FREE_DATA, the step's log line).
+  the per-step cost (FETCH_DATA, the step's log line).
 - `chain`:  MFC `a` on w0, then `b` on w1 consuming `a`'s output: a TRANSFER over
-  gloo (one key, 8 samples) plus RUN_MFC, and FREE_DATA on both.
+  gloo (one key, 8 samples) plus RUN_MFC.
 - `ppo`:    the tiny PPO of the e2e tests (2 layers, hidden 32, 8 prompts, 6 new
   tokens), every role on w0, so MFCs run one after another: the framework's share
   of a step is 1 - (interface seconds / step wall time). Measured with the default

@@ -187,8 +187,8 @@ class RequestClient:
         Fails fast: as soon as a handler has raised, WorkerError carries that
         failure's traceback and names every worker failed so far and those still
         working (whose requests are abandoned). Waiting for them could take until
-        their deadline: a worker of a collective CONFIGURE whose peer failed to
-        bind the rendezvous port waits for that peer forever.
+        their deadline: in a collective request (CONFIGURE joins the gloo group)
+        the others wait for the failed peer until their own timeout.
         """
         requests = [self.send(w, kind, p, timeout=timeout) for w, p in payloads.items()]
         got: dict[str, Response] = {}
