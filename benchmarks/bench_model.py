@@ -53,16 +53,20 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
 
+from realflow.api.experiment import ModelArch  # noqa: E402
 from realflow.api.generation import GenerationConfig  # noqa: E402
+from realflow.assets import load_tokenizer  # noqa: E402
 from realflow.model import ReaLModel, load_hf_checkpoint  # noqa: E402
 from realflow.model.decoder import Decoder  # noqa: E402
 from realflow.model.generate import generate  # noqa: E402
 
+_ARCH = ModelArch()
 SIZES = {
     # name: (layers, hidden, heads, kv_heads, intermediate, vocab)
     "tiny": (2, 64, 4, 2, 176, 512),
-    # realflow's own default (ModelArch, the quickstart's tiny preset with the bundled tokenizer)
-    "preset": (4, 128, 4, 4, 512, 1024),
+    # realflow's own default model (`ModelArch()` with the bundled tokenizer: the quickstart's)
+    "preset": (_ARCH.n_layers, _ARCH.hidden_dim, _ARCH.n_q_heads, _ARCH.n_kv_heads, _ARCH.intermediate_dim,
+               len(load_tokenizer())),
     "small": (4, 256, 8, 2, 688, 1024),
     "medium": (8, 512, 8, 4, 1376, 4096),
 }
@@ -222,8 +226,7 @@ def decode_gemm_seconds(model: ReaLModel, batch: int, steps: int, device: str, t
     """Seconds the GEMMs of `steps` decode steps take alone (best of `tries`): every
     linear of the decode step, with the kernels generation uses, on random inputs."""
     with torch.inference_mode():
-        decoder = Decoder(model, batch)
-        linears = [lin for b in decoder.blocks for lin in (b.qkv, b.o, b.up, b.down)] + [decoder.lm_head]
+        linears = Decoder(model, batch).linears()
         inputs = [torch.randn(batch, lin.weight.shape[1], device=device, dtype=model.dtype) for lin in linears]
 
         def all_steps() -> None:

@@ -11,8 +11,8 @@ never look inside the algorithm.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
 from realflow.api.config import OptimizerConfig

@@ -90,18 +90,18 @@ def main(args: argparse.Namespace) -> int:
     ])
     runner = InProcessRunner(spec, cfg.run)
     model = runner.roles.models["default"]
-    checks: list[tuple[int, float]] = []
+    val_acc = float("nan")  # at the last check
 
     def reached_target(step: int, records: list) -> bool:
+        nonlocal val_acc
         if (step + 1) % args.sft_check_every:
             return False
-        checks.append((step + 1, held_out_accuracy(model, validation)))
-        return checks[-1][1] >= args.sft_target
+        val_acc = held_out_accuracy(model, validation)
+        return val_acc >= args.sft_target
 
     sft = runner.run_all(reached_target)
     sft_time = time.perf_counter() - t0
     steps = 1 + max(r.step for r in sft.records)
-    val_acc = checks[-1][1] if checks else float("nan")
     acc_sft = held_out_accuracy(sft.models["default"], test)
     print(f"      stopped after {steps} steps ({sft_time:.0f} s), last validation accuracy {val_acc:.1%}")
     print(f"      held-out accuracy after SFT: {acc_sft:.1%}")

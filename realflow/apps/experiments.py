@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 import realflow.graphs  # noqa: F401  (registers the built-in experiments)

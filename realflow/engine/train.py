@@ -104,10 +104,10 @@ class InferenceEngine:
         For decisions that change how many collective steps follow (early stop,
         skipping a mini-batch): every replica must take the same branch.
         """
-        return bool(flag) if self.dp_group is None else self._dp_sum(float(bool(flag))) > 0
+        return self._dp_sum(float(bool(flag))) > 0
 
     def _dp_sum(self, x: float) -> float:
-        return x if self.dp_group is None else float(self.dp_sum(torch.tensor([x], dtype=torch.float64)))
+        return float(self.dp_sum(torch.tensor([x], dtype=torch.float64)))
 
     def save_hf(self, save_dir: str) -> None:
         """Write the model as a Hugging Face checkpoint directory."""
@@ -205,7 +205,6 @@ class TrainEngine(InferenceEngine):
         grad_norm = self._clip_and_step()
         stats.update(loss=loss_sum, grad_norm=grad_norm, lr=self.optimizer.param_groups[0]["lr"])
         return stats
-
 
     def _all_reduce_grads(self) -> None:
         """Sum the gradients over the data-parallel group: one call on the flat buffer."""

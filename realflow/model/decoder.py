@@ -149,6 +149,10 @@ class Decoder:
         self.final_norm = prepared_norm(head.ln_f)
         self.lm_head = PreparedLinear(self.wte if config.tied_embedding else head.head.weight, None, batch)
 
+    def linears(self) -> list[PreparedLinear]:
+        """Every GEMM of a decode step, in order (the model benchmark times them alone)."""
+        return [lin for b in self.blocks for lin in (b.qkv, b.o, b.up, b.down)] + [self.lm_head]
+
     def __call__(self, token_ids: torch.Tensor, position_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         x = F.embedding(token_ids, self.wte)  # (B, hidden)
         if self.wpe is not None:

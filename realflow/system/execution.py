@@ -33,6 +33,7 @@ from realflow.tasks.arithmetic import FILE_FOR_DATASET, write_arithmetic_task
 
 logger = logging.getLogger(__name__)
 
+
 def load_run_tokenizer(run: RunConfig) -> Any:
     path = run.tokenizer_path or tokenizer_path()
     if not Path(path).is_dir():
@@ -117,10 +118,16 @@ def n_tokens(sample: SequenceSample) -> int:
     return sample.total_len(sample.default_token_key()) if sample.keys else 0
 
 
-def call_mfc(mfc: MFCDef, interface: ModelInterface, model: Model, batch: SequenceSample) -> tuple[SequenceSample | None, dict[str, float]]:
-    """Run one MFC on `batch` (graph key names in and out); returns (outputs, stats)."""
+def mfc_inputs(mfc: MFCDef, batch: SequenceSample) -> SequenceSample:
+    """The MFC's input keys of `batch`, renamed from graph to interface names."""
     inputs = batch.select(mfc.input_keys)
     inputs.remap_keys_({g: i for g, i in mfc.input_rename.items() if g != i})
+    return inputs
+
+
+def call_mfc(mfc: MFCDef, interface: ModelInterface, model: Model, batch: SequenceSample) -> tuple[SequenceSample | None, dict[str, float]]:
+    """Run one MFC on `batch` (graph key names in and out); returns (outputs, stats)."""
+    inputs = mfc_inputs(mfc, batch)
     if mfc.kind is MFCKind.TRAIN_STEP:
         stats = interface.train_step(model, inputs, mfc.mb_spec)
         return None, dict(stats or {})
@@ -190,9 +197,8 @@ def evaluate_mfc(step: int, mfc: MFCDef, interface: ModelInterface, model: Model
     t0 = time.perf_counter()
     for start in range(0, len(dataset), mfc.n_seqs):
         batch = SequenceSample.gather([dataset[i] for i in range(start, min(start + mfc.n_seqs, len(dataset)))])
-        inputs = batch.select(mfc.input_keys)
-        tokens += n_tokens(inputs)
-        inputs.remap_keys_({g: i for g, i in mfc.input_rename.items() if g != i})
+        tokens += n_tokens(batch.select(mfc.input_keys))  # graph names, as the runners count
+        inputs = mfc_inputs(mfc, batch)
         stats = interface.evaluate(model, inputs, mfc.mb_spec)
         w = float(stats.get("n_tokens", batch.bs))
         for k, v in stats.items():

@@ -76,7 +76,7 @@ class InProcessRunner:
         batches: dict[int, SequenceSample] = {}
         step_records: dict[int, list[MFCRecord]] = {}
         end = StepEnd(self.run, self.run_dir, logger, self.cursor.batches_per_epoch, self.records, self.save,
-                      self._evaluate if self.eval_mfcs else None, on_step, self.scheduler.stop_early)
+                      self.scheduler.stop_early, self._evaluate if self.eval_mfcs else None, on_step)
         with end:
             while self.scheduler.is_active():
                 ready = self.scheduler.get_ready()

@@ -44,7 +44,7 @@ from realflow.api.errors import ConfigError, RealflowError
 from realflow.api.experiment import ExperimentSpec, RunConfig
 from realflow.system import names
 from realflow.system.auth import SECRET_FILE_ENV, load_secret, new_secret, write_secret_file
-from realflow.system.step_log import MFCRecord, OnStep, RunRecords
+from realflow.system.step_log import OnStep, RunRecords
 from realflow.system.master import Master, MasterTimeouts
 from realflow.system.messages import RequestKind
 from realflow.system.name_resolve import FileNameResolver

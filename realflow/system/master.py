@@ -44,7 +44,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Hashable, Mapping, Sequence
+from typing import Any, Collection, Hashable, Mapping, Sequence
 
 from realflow.api.data import SequenceSample
 from realflow.api.partition import partition_balanced
@@ -233,7 +233,7 @@ class Master:
         """Step until `run.n_steps` are done, or stop (with a resumable checkpoint
         `checkpoints/step<k>`) once `stop_after_steps` steps are complete."""
         end = StepEnd(self.run, self.run_dir, logger, self.cursor.batches_per_epoch, self.records, self.save,
-                      self._evaluate if self.eval_mfcs else None, on_step, self.scheduler.stop_early)
+                      self.scheduler.stop_early, self._evaluate if self.eval_mfcs else None, on_step)
         with end:
             done_steps: set[int] = set()  # done in the scheduler; finished once no request of theirs is out
             while self.scheduler.is_active() or self._inflight:

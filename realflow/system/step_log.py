@@ -92,14 +92,14 @@ class StepLogger:
         return cls(run_dir, run.n_steps, log, jsonl=run.log_jsonl, tensorboard=run.tensorboard,
                    console_every=run.log_freq_steps)
 
-    def log_step(self, step: int, epoch: int, records: list[MFCRecord], console: bool | None = None) -> None:
+    def log_step(self, step: int, epoch: int, records: list[MFCRecord], console: bool | None = None) -> bool:
         """Everything about 0-based `step` (in 0-based `epoch`); the console line
         every `console_every` steps, the first and the last (`console` forces it
-        either way)."""
+        either way). Whether the line was shown."""
         if console is None:
             console = (step + 1) % self.console_every == 0 or step == 0 or step + 1 == self.n_steps
         if console:
-            self.log.info(self.line(step, epoch, records))
+            self.show(step, epoch, records)
         if self._jsonl is not None:
             for r in records:
                 self._jsonl.write(json.dumps({"step": r.step, "mfc": r.mfc, "seconds": r.seconds,
@@ -113,6 +113,11 @@ class StepLogger:
                     scalars[f"{r.mfc}/stats/{k}" if k in RUNNER_SCALARS else f"{r.mfc}/{k}"] = v
                 values.extend(Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars.items())
             self._tb.add_summary(Summary(value=values), step + 1)
+        return console
+
+    def show(self, step: int, epoch: int, records: list[MFCRecord]) -> None:
+        """The console line of a step."""
+        self.log.info(self.line(step, epoch, records))
 
     def line(self, step: int, epoch: int, records: list[MFCRecord]) -> str:
         """'step 3/10 epoch 1 | train 52ms 8123tok/s loss=2.31 | ...'."""
@@ -197,7 +202,8 @@ class StepEnd:
     logged; then, when due, an evaluation (`evaluate(step)` returns its records,
     kept and logged too) and a checkpoint (`save(<run dir>/checkpoints/step<k>)`);
     then `on_step(step, records)`; when that returns True, `stop()` (the runner's
-    scheduler begins no new step). Use as a context manager (closes the logger)."""
+    scheduler begins no new step) and the step's console line, if the log frequency
+    had skipped it. Use as a context manager (closes the logger)."""
 
     def __init__(
         self,
@@ -207,9 +213,9 @@ class StepEnd:
         steps_per_epoch: int,
         keep: list[MFCRecord],
         save: Callable[[Path], None],
+        stop: Callable[[], None],
         evaluate: Callable[[int], list[MFCRecord]] | None = None,
         on_step: OnStep = None,
-        stop: Callable[[], None] | None = None,
     ) -> None:
         self.run_dir, self.keep, self.save, self.evaluate, self.on_step = run_dir, keep, save, evaluate, on_step
         self.stop = stop
@@ -219,7 +225,7 @@ class StepEnd:
 
     def __call__(self, step: int, epoch: int, records: list[MFCRecord]) -> None:
         self.keep.extend(records)
-        self.log.log_step(step, epoch, records)
+        shown = self.log.log_step(step, epoch, records)
         if self.evaluate is not None and self.eval_trigger.should_save(step + 1):
             evals = self.evaluate(step)
             self.keep.extend(evals)
@@ -228,8 +234,10 @@ class StepEnd:
         if self.save_trigger.should_save(step + 1):
             self.save(self.run_dir / "checkpoints" / f"step{step + 1}")
             self.save_trigger.saved()
-        if self.on_step is not None and self.on_step(step, records) is True and self.stop is not None:
+        if self.on_step is not None and self.on_step(step, records) is True:
             self.stop()
+            if not shown:  # an early end: its last step is shown like a planned one's
+                self.log.show(step, epoch, records)
 
     def __enter__(self) -> StepEnd:
         return self

@@ -65,7 +65,6 @@ from realflow.system.user_files import import_user_file
 logger = logging.getLogger(__name__)
 
 
-
 class ModelWorker:
     """The handlers of one worker; see the module docstring."""
 

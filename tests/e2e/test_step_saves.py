@@ -66,18 +66,22 @@ def test_distributed_saves_logs_and_merges_worker_lines(tmp_path: Path, caplog, 
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("workers", [0, 1])
-def test_on_step_returning_true_ends_the_run_after_that_step(tmp_path: Path, workers: int) -> None:
+def test_on_step_returning_true_ends_the_run_after_that_step(tmp_path: Path, workers: int, caplog) -> None:
     """Early stopping: both runners finish the step, write the final checkpoint and
-    start nothing more."""
+    start nothing more; the last step's console line is shown though the log
+    frequency would skip it."""
     seen: list[int] = []
 
     def stop_after_third(step, records):
         seen.append(step)
         return step == 2
 
-    result = run_experiment("sft", [*SFT, "run.n_steps=9", f"run.fileroot={tmp_path}"], workers=workers,
-                            on_step=stop_after_third)
+    with caplog.at_level(logging.INFO):
+        result = run_experiment("sft", [*SFT, "run.n_steps=9", "run.log_freq_steps=5", f"run.fileroot={tmp_path}"],
+                                workers=workers, on_step=stop_after_third)
     assert seen == [0, 1, 2]
+    shown = [r.getMessage().split(" |")[0] for r in caplog.records if r.getMessage().startswith("step ")]
+    assert shown == ["step 1/9 epoch 1", "step 3/9 epoch 1"]
     assert sorted({r.step for r in result.records}) == [0, 1, 2]
     assert _checkpoints(result.run_dir) == ["final"]
     assert _tb_steps(result.run_dir, "trainDefault/seconds") == [1, 2, 3]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import transformers
 
@@ -54,3 +55,16 @@ def hf_packed_logits(model: transformers.PreTrainedModel, ids: torch.Tensor, cu:
     """HF logits of each sequence run alone (no padding), concatenated: (T, vocab)."""
     bounds = cu.tolist()
     return torch.cat([model(ids[s:e][None]).logits[0] for s, e in zip(bounds[:-1], bounds[1:])])
+
+
+# Fixtures shared by the CPU model tests and the GPU tier (each conftest imports them).
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def hf_checkpoint(family, tmp_path):
+    """(family, HF model, directory written by save_pretrained)."""
+    model = make_hf_model(tiny_hf_config(family))
+    return family, model, save_hf(model, tmp_path / f"hf_{family}")
